@@ -1,0 +1,23 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?=
+# torch is installed first from the constraints file: resolving a bare `torch` pulls the CUDA build.
+$(BIN)/lightseg: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,deploy,plot]'
+	touch $(BIN)/lightseg
+
+.PHONY: venv test demo clean
+venv: $(BIN)/lightseg
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/python -m lightseg.demo $(if $(DATA),--data $(DATA),)
+
+clean:
+	rm -rf $(VENV) runs/demo

@@ -1,0 +1,181 @@
+"""The `lightseg` command line: argument parsing only. Every verb calls the Python API.
+
+User errors (``LightsegError``: a bad path, key or value) print one message and exit 2 without a
+traceback; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import LightsegError
+
+EXIT_USER_ERROR = 2
+
+
+def _size(values):
+    return (int(values[0]), int(values[1])) if values else None
+
+
+# ---------------------------------------------------------------- verbs
+def cmd_models(args):
+    from .zoo import models_table
+
+    rows = models_table(size=_size(args.size))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    from .zoo import format_models_table
+
+    print(format_models_table(rows))
+
+
+def cmd_train(args):
+    from .engine.train import train
+
+    train(args.config, overrides=args.set, resume=args.resume, skip_bad=args.skip_bad)
+
+
+def cmd_eval(args):
+    from .engine.evaluate import evaluate_command
+
+    evaluate_command(
+        args.config,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        data_root=args.data_root,
+        overrides=args.set,
+        flip=args.flip,
+        scales=args.scales,
+        as_json=args.json,
+        output=args.output,
+    )
+
+
+def cmd_score(args):
+    from .engine.evaluate import score_command
+
+    score_command(args.pred_dir, args.gt_dir, dataset=args.dataset, as_json=args.json)
+
+
+def cmd_bench(args):
+    from .deploy.bench import bench_command
+
+    bench_command(args)
+
+
+def cmd_export(args):
+    from .deploy.export import export_command
+
+    export_command(args)
+
+
+def cmd_predict(args):
+    from .deploy.predict import predict_command
+
+    predict_command(args)
+
+
+def cmd_plot(args):
+    from .viz import plot_run
+
+    out = plot_run(args.run_dir, output=args.output)
+    print(f"wrote {out}")
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lightseg", description="Lightweight real-time semantic segmentation.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list registered models with params and MACs")
+    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size for MACs (default: each paper's size)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("train", help="train from a recipe (configs/<model>_<dataset>.yaml)")
+    s.add_argument("config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. train.iters=1000")
+    s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_DIR|CKPT",
+                   help="continue a run (no value: the run directory of this recipe)")
+    s.add_argument("--skip-bad", action="store_true", help="skip and log unreadable/inconsistent samples instead of stopping")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a checkpoint: confusion matrix, per-class IoU, mIoU")
+    s.add_argument("config")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--split", default="val", choices=["train", "val", "test"])
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
+    s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
+    s.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
+    s.add_argument("--output", default=None, help="where to write metrics JSON (default: next to the checkpoint)")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("score", help="score saved prediction PNGs against ground truth")
+    s.add_argument("--pred-dir", required=True)
+    s.add_argument("--gt-dir", required=True)
+    s.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("bench", help="params, MACs, latency and FPS on this machine")
+    s.add_argument("--model", action="append", default=None, help="model name (repeatable)")
+    s.add_argument("--all-models", action="store_true", help="every registered model at its paper's resolution")
+    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"))
+    s.add_argument("--batch", type=int, default=1)
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "all"])
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    s.add_argument("--warmup", type=int, default=None)
+    s.add_argument("--runs", type=int, default=None)
+    s.add_argument("--peak", action="store_true", help="measure this machine's matmul and conv GFLOP/s peak")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("export", help="export a model to ONNX (with a parity check against PyTorch)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", default=None)
+    s.add_argument("--num-classes", type=int, default=None)
+    s.add_argument("--size", nargs=2, type=int, required=True, metavar=("H", "W"))
+    s.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("predict", help="segment an image, a folder of images or a video")
+    s.add_argument("--model", required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--output", default="predictions")
+    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime"])
+    s.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("plot", help="loss, learning rate and mIoU curves of a run as a PNG")
+    s.add_argument("run_dir")
+    s.add_argument("--output", default=None)
+    s.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LightsegError as e:
+        if args.debug:
+            raise
+        print(f"lightseg {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"lightseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

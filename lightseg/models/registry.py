@@ -1,0 +1,90 @@
+"""Model registry: ``@register_model`` on a builder function, ``create_model(name)`` to build.
+
+Each builder takes ``num_classes`` and keyword switches, returns an ``nn.Module`` that follows
+the output contract of :class:`lightseg.models.base.SegmentationModel`.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import LightsegError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    paper: str
+    # The input size (H, W) at which the paper reports MACs / speed; used by `lightseg models`.
+    paper_size: tuple[int, int] = (512, 1024)
+    # Paper targets, for `lightseg models` and docs: params, MACs (at paper_size), FPS and hardware.
+    paper_params: float | None = None
+    paper_macs: float | None = None
+    paper_fps: float | None = None
+    paper_hardware: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str | None = None, **info):
+    """Decorator: register a builder ``fn(num_classes=19, **kwargs) -> nn.Module``."""
+
+    def deco(fn):
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise RuntimeError(f"model {key!r} registered twice")
+        _REGISTRY[key] = ModelInfo(name=key, builder=fn, **info)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the package's model files runs their @register_model decorators.
+    from . import _all  # noqa: F401
+
+
+def list_models() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise LightsegError(
+            f"unknown model {name!r}.{hint} `lightseg models` lists the {len(_REGISTRY)} registered names."
+        )
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 19, pretrained_backbone: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered model.
+
+    ``pretrained_backbone``: path to a torchvision ImageNet checkpoint for the model's backbone
+    (e.g. ``resnet18-f37072fd.pth``); loaded with ``weights_only=True`` and strict key matching.
+    """
+    info = model_info(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise LightsegError(f"num_classes must be a positive integer, got {num_classes!r}")
+    try:
+        model = info.builder(num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise LightsegError(f"model {name!r}: {e}") from e
+    model.lightseg_name = name
+    if pretrained_backbone is not None:
+        from .backbones import load_pretrained_backbone
+
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            raise LightsegError(f"model {name!r} has no ImageNet backbone (it is trained from scratch); drop pretrained_backbone")
+        load_pretrained_backbone(backbone, pretrained_backbone)
+    return model
