@@ -50,6 +50,7 @@ def cmd_eval(args):
         scales=args.scales,
         as_json=args.json,
         output=args.output,
+        save_predictions=args.save_predictions,
     )
 
 
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     s.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     s.add_argument("--output", default=None, help="where to write metrics JSON (default: next to the checkpoint)")
+    s.add_argument("--save-predictions", default=None, metavar="DIR",
+                   help="also write prediction PNGs (Cityscapes: labelId PNGs with the test server's file names)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("score", help="score saved prediction PNGs against ground truth")
