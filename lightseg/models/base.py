@@ -34,6 +34,12 @@ def check_input(x) -> None:
 def resize_to(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
     """Resize feature map ``x`` to spatial ``size`` (H, W). Decoders align maps by size, never by assuming
     exact halving, so 360x480 (CamVid) works as well as multiples of 32."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # Keep sizes symbolic: int() would freeze them into a traced graph (breaks dynamic ONNX H/W).
+        size = tuple(size)
+        if mode == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=mode, align_corners=False)
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x

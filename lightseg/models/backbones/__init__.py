@@ -55,5 +55,6 @@ def load_pretrained_backbone(backbone: nn.Module, path) -> None:
         raise CheckpointError("; ".join(msg) + ". Is this the checkpoint of the right architecture?")
     bad = [f"{k} file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
     if bad:
-        raise CheckpointError(f"{path}: shape mismatch for {len(bad)} keys: " + "; ".join(bad[:5]))
+        hint = getattr(backbone, "pretrained_hint", "")
+        raise CheckpointError(f"{path}: shape mismatch for {len(bad)} keys: " + "; ".join(bad[:5]) + (f". {hint}" if hint else ""))
     backbone.load_state_dict({k: state[k] for k in own}, strict=True)

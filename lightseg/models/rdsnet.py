@@ -1,0 +1,122 @@
+"""RDS-Net (Doan, Nguyen, Tran, Nguyen, Le): residual depth-wise separable blocks on an ENet-style
+encoder, classified at 1/8 and upsampled x8 bilinearly. No decoder, no auxiliary outputs.
+
+Layout (the paper's Table I, as given in the project's issue 2; the paper's text was not available
+to us, choices are listed in ``docs/_models_rdsnet.md``):
+
+=====================  ===========  ==========
+layer                  output ch    stride
+=====================  ===========  ==========
+downsample             32           1/2
+downsample             64           1/4
+3 x RDS block          64           1/4
+downsample             128          1/8
+5 x RDS block d=1..16  128          1/8
+3x3 conv               classes      1/8
+bilinear x8            classes      1
+=====================  ===========  ==========
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .base import SegmentationModel
+from .blocks import channel_shuffle
+from .registry import register_model
+
+__all__ = ["ENetDownsample", "RDSBlock", "RDSNet", "rdsnet"]
+
+
+class ENetDownsample(nn.Module):
+    """ENet's initial block used for every downsampling: a 3x3 stride-2 conv giving ``out - in``
+    channels beside a 2x2 max-pool of the input (``in`` channels), concatenated, BN, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        if out_channels <= in_channels:
+            raise ValueError(f"ENetDownsample: out_channels ({out_channels}) must exceed in_channels ({in_channels})")
+        self.conv = nn.Conv2d(in_channels, out_channels - in_channels, 3, 2, 1, bias=False)
+        # ceil_mode: the stride-2 conv gives ceil(H/2) rows, so the pool must too on odd sizes.
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        self.out_channels = out_channels
+
+    def forward(self, x):
+        return self.act(self.bn(torch.cat([self.conv(x), self.pool(x)], dim=1)))
+
+
+class RDSBlock(nn.Module):
+    """Residual depth-wise separable block:
+    3x3 depthwise (dilated) conv + BN -> 3x3 standard conv + BN -> channel shuffle (4 groups)
+    -> spatial dropout -> + input -> ReLU.
+
+    The dilation is on the depthwise conv (it sets the receptive field cheaply); the standard conv
+    is undilated. No activation inside the residual branch, only after the addition (as the table
+    lists the layers).
+    """
+
+    def __init__(self, channels: int, dilation: int = 1, shuffle_groups: int = 4, dropout: float = 0.0):
+        super().__init__()
+        if channels % shuffle_groups:
+            raise ValueError(f"RDSBlock: {channels} channels not divisible by {shuffle_groups} shuffle groups")
+        self.depthwise = nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation, groups=channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shuffle_groups = shuffle_groups
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.bn1(self.depthwise(x))
+        y = self.bn2(self.conv(y))
+        y = channel_shuffle(y, self.shuffle_groups)
+        return self.act(x + self.dropout(y))
+
+
+class RDSNet(SegmentationModel):
+    """``dropout``: spatial dropout in the five 128-channel blocks; ``dropout_early`` in the three
+    64-channel blocks (ENet's 0.1 / 0.01 split, which the RDS-Net table follows)."""
+
+    def __init__(
+        self,
+        num_classes: int = 19,
+        dilations: Sequence[int] = (1, 2, 4, 8, 16),
+        dropout: float = 0.1,
+        dropout_early: float = 0.01,
+    ):
+        super().__init__()
+        for name, p in (("dropout", dropout), ("dropout_early", dropout_early)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"RDSNet: {name} must be in [0, 1), got {p}")
+        self.num_classes = num_classes
+        self.aux_names = ()
+        self.down1 = ENetDownsample(3, 32)
+        self.down2 = ENetDownsample(32, 64)
+        self.stage1 = nn.Sequential(*[RDSBlock(64, 1, dropout=dropout_early) for _ in range(3)])
+        self.down3 = ENetDownsample(64, 128)
+        self.stage2 = nn.Sequential(*[RDSBlock(128, d, dropout=dropout) for d in dilations])
+        # 3x3 conv to classes at 1/8 (with bias: logits, no BN after); the base class upsamples x8.
+        self.classifier = nn.Conv2d(128, num_classes, 3, 1, 1)
+
+    def forward_features(self, x):
+        x = self.stage1(self.down2(self.down1(x)))
+        x = self.stage2(self.down3(x))
+        return self.classifier(x), []
+
+
+@register_model(
+    "rdsnet",
+    paper="RDS-Net (Doan et al.)",
+    paper_size=(360, 640),
+    paper_params=None,
+    paper_macs=None,
+    paper_fps=77,
+    paper_hardware="GTX 1050",
+)
+def rdsnet(num_classes: int = 19, **kwargs) -> RDSNet:
+    return RDSNet(num_classes, **kwargs)
