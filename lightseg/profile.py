@@ -34,3 +34,26 @@ def count_macs(model: nn.Module, input_size=(512, 1024), batch: int = 1, device=
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+@torch.no_grad()
+def count_inference_params(model: nn.Module, input_size=(256, 256)) -> int:
+    """Parameters of the modules that run in an eval-mode forward pass (train-only auxiliary heads
+    excluded): what a deployed network carries. Shapes only, on the meta device."""
+    model = copy.deepcopy(model).to("meta").eval()
+    used: set[int] = set()
+    hooks = [m.register_forward_hook(lambda mod, i, o: used.add(id(mod))) for m in model.modules()]
+    try:
+        model(torch.zeros(1, 3, *input_size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    seen: set[int] = set()
+    total = 0
+    for m in model.modules():
+        if id(m) in used:
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total

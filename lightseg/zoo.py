@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .models.registry import create_model, list_models, model_info
-from .profile import count_macs, count_params
+from .profile import count_inference_params, count_macs, count_params
 
 
 def models_table(size=None, num_classes: int = 19) -> list[dict]:
@@ -17,6 +17,8 @@ def models_table(size=None, num_classes: int = 19) -> list[dict]:
                 "name": name,
                 "paper": info.paper,
                 "params": count_params(model),
+                # without train-only auxiliary / deep-supervision heads: what the papers usually report
+                "params_inference": count_inference_params(model),
                 "macs": count_macs(model, hw, device="meta"),
                 "input_size": list(hw),
                 "num_classes": num_classes,
@@ -32,12 +34,15 @@ def _fmt(v, unit):
 
 
 def format_models_table(rows) -> str:
-    head = f"{'name':34s} {'paper':28s} {'params(M)':>9s} {'paper':>7s} {'GMACs':>8s} {'paper':>7s}  input"
+    head = (f"{'name':32s} {'paper':26s} {'params(M)':>9s} {'infer(M)':>8s} {'paper':>7s} "
+            f"{'GMACs':>8s} {'paper':>7s}  input")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['name']:34s} {r['paper'][:28]:28s} {_fmt(r['params'], 1e6):>9s} {_fmt(r['paper_params'], 1e6):>7s} "
+            f"{r['name']:32s} {r['paper'][:26]:26s} {_fmt(r['params'], 1e6):>9s} "
+            f"{_fmt(r['params_inference'], 1e6):>8s} {_fmt(r['paper_params'], 1e6):>7s} "
             f"{_fmt(r['macs'], 1e9):>8s} {_fmt(r['paper_macs'], 1e9):>7s}  {r['input_size'][0]}x{r['input_size'][1]}"
         )
+    lines.append("params: all; infer: those used at inference (train-only aux heads excluded).")
     lines.append("MACs = multiply-accumulates of one forward pass (conv + linear layers; FLOPs = 2 x MACs), batch 1.")
     return "\n".join(lines)

@@ -66,3 +66,29 @@ def test_cli_user_error_exit_code(capsys):
     assert main(["bench", "--model", "no_such_model"]) == 2
     err = capsys.readouterr().err
     assert "no_such_model" in err and "Traceback" not in err
+
+
+def test_inference_params_exclude_train_only_heads():
+    from lightseg.profile import count_inference_params
+
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 4, 3, padding=1)  # 3*4*9 + 4 = 112
+            self.aux = nn.Conv2d(4, 2, 1)  # 4*2 + 2 = 10, train only
+
+        def forward(self, x):
+            y = self.body(x)
+            return {"out": y, "aux": [self.aux(y)]} if self.training else y
+
+    m = WithAux()
+    assert count_params(m) == 122
+    assert count_inference_params(m) == 112
+
+
+def test_models_json_cli(capsys):
+    assert main(["models", "--json", "--size", "64", "96"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(lightseg.list_models())
+    for r in rows:
+        assert r["input_size"] == [64, 96] and r["macs"] > 0 and r["params"] >= r["params_inference"] > 0
