@@ -1,0 +1,361 @@
+"""Recipes: YAML files that state only what differs from ``DEFAULTS``.
+
+``load_config(path, overrides)`` reads a recipe with ``yaml.safe_load``, deep-merges it over
+``DEFAULTS``, applies ``--set a.b=c`` overrides (the value is parsed as YAML, so ``1e-3`` is a float,
+``[512, 1024]`` a list and ``null`` None), and checks every key and value. A key that does not exist
+is a ``ConfigError`` naming the key, the file and the nearest valid key.
+
+Relative paths in a recipe (``data.root``, ``output_dir``, ``model.pretrained_backbone``) are
+resolved against the current working directory, not against the recipe's folder: run `lightseg`
+from the checkout root (or pass absolute paths / ``--set data.root=...``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import io
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import atomic_write_bytes
+from .errors import ConfigError
+
+# The data part of the schema belongs to lightseg.data; this copy is used only while that module
+# does not define DEFAULT_DATA_CFG (the two are kept identical).
+_FALLBACK_DATA_CFG = {
+    "name": "camvid",
+    "root": "../shared/data/camvid",
+    "train_split": "train",
+    "val_split": "val",
+    "normalize": "imagenet",
+    "num_workers": 2,
+    "image_dir": None,
+    "label_dir": None,
+    "list_file": None,
+    "classes": None,
+    "palette": None,
+    "label_map": None,
+    "train_transforms": {
+        "scale": None,
+        "scale_step": None,
+        "crop": None,
+        "flip": False,
+        "translate": 0,
+        "color_jitter": 0.0,
+        "resize": None,
+    },
+    "eval_size": None,
+}
+
+
+def _data_defaults() -> dict:
+    try:
+        from .data import DEFAULT_DATA_CFG
+    except ImportError:
+        return copy.deepcopy(_FALLBACK_DATA_CFG)
+    return copy.deepcopy(DEFAULT_DATA_CFG)
+
+
+DEFAULTS: dict = {
+    "model": {
+        "name": "mininet_211k",
+        "num_classes": 11,
+        "pretrained_backbone": None,
+        "kwargs": {},
+    },
+    "data": _data_defaults(),
+    "train": {
+        "iters": None,
+        "epochs": 300,
+        "batch_size": 8,
+        "optimizer": {
+            "name": "adam",
+            "lr": 2.0e-3,
+            "weight_decay": 1.0e-4,
+            "momentum": 0.9,
+            "betas": [0.9, 0.999],
+            "nesterov": False,
+            "backbone_lr_mult": 1.0,
+        },
+        "scheduler": {
+            "name": "poly",
+            "power": 0.9,
+            "min_lr": 0.0,
+            "warmup_iters": 0,
+            "warmup_start": 0.1,
+            "plateau_factor": 0.5,
+            "plateau_patience": 3,
+        },
+        "loss": {
+            "name": "ce",
+            "class_weights": None,
+            "aux_weights": None,
+            "aux_mode": "downsample",
+            "ohem_thresh": 0.7,
+            "ohem_min_kept": 100000,
+            "lovasz_weight": 0.0,
+        },
+        "amp": None,
+        "channels_last": "auto",
+        "seed": 0,
+        "deterministic": True,
+        "val_interval": 1000,
+        "val_every_epochs": None,
+        "log_interval": 20,
+        "ckpt_interval": 500,
+        "sync_bn": False,
+        "grad_clip": None,
+        "device": "auto",
+    },
+    "eval": {
+        "flip": False,
+        "scales": [1.0],
+        "batch_size": 1,
+    },
+    # null: runs/<recipe file name without .yaml>
+    "output_dir": None,
+}
+
+# Dicts whose keys are free (model switches, a label mapping): not checked against DEFAULTS.
+FREE_KEYS = {"model.kwargs", "data.label_map"}
+
+CHOICES = {
+    "data.name": ("camvid", "camvid32", "cityscapes", "mapillary", "folder"),
+    "data.normalize": ("imagenet", "minus_one_one"),
+    "train.optimizer.name": ("sgd", "adam", "adamw"),
+    "train.scheduler.name": ("poly", "cosine", "constant", "plateau"),
+    "train.loss.name": ("ce", "ohem", "lovasz", "ce+lovasz"),
+    "train.loss.class_weights": (None, "enet", "median_freq"),
+    "train.loss.aux_mode": ("downsample", "upsample"),
+    "train.amp": (None, "bf16", "fp16"),
+    "train.channels_last": ("auto", True, False),
+}
+# [H, W] pairs of positive integers (or null).
+SIZE_KEYS = {"data.train_transforms.crop", "data.train_transforms.resize", "data.eval_size"}
+POSITIVE_INTS = {"model.num_classes", "train.iters", "train.epochs", "train.batch_size", "train.val_interval",
+                 "train.log_interval", "train.ckpt_interval", "eval.batch_size", "train.val_every_epochs"}
+NON_NEGATIVE_NUMBERS = {"train.optimizer.lr", "train.optimizer.weight_decay", "train.optimizer.momentum",
+                        "train.scheduler.min_lr", "train.scheduler.warmup_iters", "data.num_workers",
+                        "data.train_transforms.translate", "data.train_transforms.color_jitter",
+                        "train.loss.lovasz_weight", "train.scheduler.plateau_patience", "train.grad_clip"}
+
+
+def _where(source) -> str:
+    return f" in {source}" if source else ""
+
+
+def _all_paths(tree: dict, prefix="") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        out.append(path)
+        if isinstance(v, dict) and path not in FREE_KEYS:
+            out.extend(_all_paths(v, path + "."))
+    return out
+
+
+def _suggest(path: str, siblings) -> str:
+    """' Did you mean ...?' for a wrong dotted key: the same name elsewhere ('train.lr' ->
+    'train.optimizer.lr'), else a close sibling, else any close full path."""
+    leaf = path.rsplit(".", 1)[-1]
+    every = _all_paths(DEFAULTS)
+    same_leaf = [p for p in every if p.rsplit(".", 1)[-1] == leaf]
+    if same_leaf:
+        return f" Did you mean {same_leaf[0]!r}?"
+    close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1, cutoff=0.6)
+    if close:
+        parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+        return f" Did you mean {parent + close[0]!r}?"
+    close = difflib.get_close_matches(path, every, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def deep_merge(base: dict, update: dict, source=None, prefix="", schema=None) -> dict:
+    """Return ``base`` with ``update`` merged in; every key of ``update`` must exist in ``schema``."""
+    schema = DEFAULTS if schema is None and prefix == "" else schema
+    out = copy.deepcopy(base)
+    if not isinstance(update, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the recipe'}{_where(source)} must be a mapping of keys, got {update!r}")
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if schema is not None and key not in schema:
+            raise ConfigError(f"unknown key {path!r}{_where(source)}.{_suggest(path, schema.keys())} "
+                              f"Valid keys here: {', '.join(map(str, schema))}.")
+        sub_schema = schema.get(key) if schema is not None else None
+        if isinstance(sub_schema, dict) and path not in FREE_KEYS and isinstance(value, dict):
+            out[key] = deep_merge(out.get(key) or {}, value, source, path + ".", sub_schema)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_path(cfg: dict, dotted: str, value, source: str) -> dict:
+    """Merge a single ``a.b.c = value`` override (checked like a recipe key)."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"bad key {dotted!r}{_where(source)}: expected dotted keys like train.optimizer.lr")
+    # Inside a free dict (model.kwargs.foo) any key goes; build the nested update and merge it.
+    update = value
+    for k in reversed(keys):
+        update = {k: update}
+    return deep_merge(cfg, update, source)
+
+
+def parse_override(text: str):
+    """'a.b=c' -> ('a.b', parsed c). The value is YAML: 1e-3, [1, 2], null, true, 'text'."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.iters=1000")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value {raw!r} is not valid YAML ({e.__class__.__name__})") from e
+    # YAML 1.1 reads "1e-3" as a string (it wants "1.0e-3"); a learning rate is a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.lower() not in ("nan", "inf") else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def _fix_float_strings(tree):
+    """YAML 1.1 reads '2e-3' (no dot) as a string; every numeric default is a number, so convert."""
+    if isinstance(tree, dict):
+        return {k: _fix_float_strings(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_fix_float_strings(v) for v in tree]
+    if isinstance(tree, str):
+        try:
+            return float(tree) if ("e" in tree.lower() and tree[0] in "0123456789.-+") else tree
+        except ValueError:
+            return tree
+    return tree
+
+
+def _apply_iters_or_epochs(cfg: dict, layer: dict) -> None:
+    """A layer that sets train.iters (epochs) without the other one switches the other one off."""
+    train = layer.get("train") if isinstance(layer, dict) else None
+    if not isinstance(train, dict):
+        return
+    if train.get("iters") is not None and "epochs" not in train:
+        cfg["train"]["epochs"] = None
+    if train.get("epochs") is not None and "iters" not in train:
+        cfg["train"]["iters"] = None
+
+
+def _type_name(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def validate(cfg: dict, source=None) -> dict:
+    """Type and value sanity; raises ConfigError naming the key, the value and what is expected."""
+
+    def fail(path, value, expected):
+        raise ConfigError(f"{path}{_where(source)}: got {value!r} ({_type_name(value)}); expected {expected}")
+
+    def walk(tree, schema, prefix):
+        for key, default in schema.items():
+            path = f"{prefix}{key}"
+            value = tree.get(key)
+            if path in FREE_KEYS:
+                if value is not None and not isinstance(value, dict):
+                    fail(path, value, "a mapping")
+                continue
+            if isinstance(default, dict):
+                if not isinstance(value, dict):
+                    fail(path, value, "a mapping")
+                walk(value, default, path + ".")
+                continue
+            if path in CHOICES:
+                if value not in CHOICES[path]:
+                    close = difflib.get_close_matches(str(value), [str(c) for c in CHOICES[path] if c is not None], n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    fail(path, value, f"one of {', '.join('null' if c is None else str(c) for c in CHOICES[path])}{hint}")
+                continue
+            if path in SIZE_KEYS:
+                if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2
+                                              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+                    fail(path, value, "null or [H, W] with two positive integers")
+                continue
+            if value is None:
+                if default is not None and path not in POSITIVE_INTS:
+                    fail(path, value, f"a {_type_name(default)} like the default {default!r}")
+                continue
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    fail(path, value, "true or false")
+            elif isinstance(default, (int, float)) or path in POSITIVE_INTS or path in NON_NEGATIVE_NUMBERS:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    fail(path, value, "a number")
+                wants_int = path in POSITIVE_INTS or (isinstance(default, int) and not isinstance(default, float))
+                if wants_int and not isinstance(value, int):
+                    fail(path, value, "an integer")
+                if path in POSITIVE_INTS and value < 1:
+                    fail(path, value, "a positive integer")
+                if path in NON_NEGATIVE_NUMBERS and value < 0:
+                    fail(path, value, "a number >= 0")
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    fail(path, value, "a string")
+            elif isinstance(default, list):
+                if not isinstance(value, list):
+                    fail(path, value, "a list")
+
+    walk(cfg, DEFAULTS, "")
+    t = cfg["train"]
+    if (t["iters"] is None) == (t["epochs"] is None):
+        raise ConfigError(f"train.iters / train.epochs{_where(source)}: set exactly one of them "
+                          f"(got iters={t['iters']!r}, epochs={t['epochs']!r}); the other must be null")
+    scale = cfg["data"]["train_transforms"].get("scale")
+    if scale is not None and not (isinstance(scale, list) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
+        fail("data.train_transforms.scale", scale, "null or [min, max] with 0 < min <= max")
+    if not cfg["eval"]["scales"] or not all(isinstance(s, (int, float)) and s > 0 for s in cfg["eval"]["scales"]):
+        fail("eval.scales", cfg["eval"]["scales"], "a non-empty list of positive numbers, e.g. [1.0]")
+    betas = t["optimizer"]["betas"]
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        fail("train.optimizer.betas", betas, "[beta1, beta2] with 0 <= beta < 1")
+    aux = t["loss"]["aux_weights"]
+    if aux is not None and not (isinstance(aux, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in aux)):
+        fail("train.loss.aux_weights", aux, "null or a list of numbers, one per auxiliary output of the model")
+    device = t["device"]
+    if not (device in ("auto", "cpu", "cuda") or str(device).startswith("cuda:")):
+        fail("train.device", device, "auto, cpu, cuda or cuda:N")
+    return cfg
+
+
+def load_config(path, overrides=()) -> dict:
+    """Read the recipe at ``path``, merge it over DEFAULTS, apply ``overrides`` ('a.b=c'), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found; pass a YAML file such as configs/mininet_95k_camvid.yaml")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    recipe = _fix_float_strings(recipe)
+    cfg = deep_merge(DEFAULTS, recipe, source=str(path))
+    _apply_iters_or_epochs(cfg, recipe)
+    for text in overrides or ():
+        key, value = parse_override(text)
+        cfg = _set_path(cfg, key, value, source=f"--set {text}")
+        layer: dict = value
+        for k in reversed(key.split(".")):
+            layer = {k: layer}
+        _apply_iters_or_epochs(cfg, layer)
+    if cfg.get("output_dir") is None:
+        cfg["output_dir"] = str(Path("runs") / path.stem)
+    return validate(cfg, source=str(path))
+
+
+def dump_config(cfg: dict) -> str:
+    buf = io.StringIO()
+    yaml.safe_dump(cfg, buf, sort_keys=False, default_flow_style=None)
+    return buf.getvalue()
+
+
+def save_config(cfg: dict, path) -> Path:
+    """Write the resolved config as YAML, atomically (temp file in the same folder, fsync, rename)."""
+    text = dump_config(cfg).encode()
+    return atomic_write_bytes(path, lambda f: f.write(text))

@@ -1,0 +1,311 @@
+"""Evaluation at full resolution (``lightseg eval``) and scoring of saved predictions (``lightseg score``).
+
+Both fill the same :class:`lightseg.metrics.ConfusionMatrix`. ``evaluate`` runs a model over a dataset
+built with ``train=False`` (no resizing), optionally with flip and multi-scale testing (softmax
+probabilities averaged), or with ``eval_size``: the input is resized to that size and the logits
+upsampled back to the label size (MiniNet trains at 512x1024 and reports 1024x2048 results).
+``score_command`` scores PNG files; on Cityscapes it reproduces the official
+``cityscapesscripts`` pixel-level evaluation (class and category IoU).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write_bytes
+from ..data.classes import (
+    CAMVID_CLASSES,
+    CITYSCAPES_CATEGORIES,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_TRAINID_TO_CATEGORY,
+    CITYSCAPES_TRAINID_TO_LABELID,
+    IGNORE_INDEX,
+    cityscapes_label_lut,
+)
+from ..errors import CheckpointError, ConfigError, DataError, LightsegError
+from ..metrics import ConfusionMatrix, format_table
+from ..models.base import resize_to
+
+
+def cityscapes_categories() -> dict:
+    """Category name -> its trainIds (the benchmark's 7 scored categories)."""
+    return {name: [t for t, c in enumerate(CITYSCAPES_TRAINID_TO_CATEGORY) if c == k]
+            for k, name in enumerate(CITYSCAPES_CATEGORIES)}
+
+
+def _is_cityscapes(dataset) -> bool:
+    return getattr(dataset, "name", None) == "cityscapes" or tuple(getattr(dataset, "classes", ())) == CITYSCAPES_CLASSES
+
+
+# ---------------------------------------------------------------- prediction
+def predict_probabilities(model, images: torch.Tensor, out_size, flip: bool = False, scales=(1.0,), eval_size=None):
+    """Class probabilities (N, C, *out_size): the mean softmax over scales (and horizontal flips).
+
+    Each scale resizes the input to ``scale * base`` (``base`` = ``eval_size`` or the input size);
+    logits are bilinearly resized to ``out_size`` before the softmax.
+    """
+    base = tuple(int(s) for s in (eval_size or images.shape[-2:]))
+    total, count = None, 0
+    for scale in scales:
+        size = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))
+        x = resize_to(images, size)
+        for flipped in (False, True) if flip else (False,):
+            logits = model(x.flip(-1) if flipped else x)
+            if isinstance(logits, dict):
+                logits = logits["out"]
+            if flipped:
+                logits = logits.flip(-1)
+            probs = resize_to(logits.float(), out_size).softmax(dim=1)
+            total = probs if total is None else total + probs
+            count += 1
+    return total / count
+
+
+def _encode_prediction(pred: np.ndarray, cityscapes: bool) -> np.ndarray:
+    if cityscapes:  # the test server wants labelIds
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[: len(CITYSCAPES_TRAINID_TO_LABELID)] = CITYSCAPES_TRAINID_TO_LABELID
+        return lut[pred]
+    return pred
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise DataError(f"{path}: could not encode the prediction PNG")
+    atomic_write_bytes(path, lambda f: f.write(buf.tobytes()))
+
+
+def _prediction_name(dataset, index: int) -> str:
+    # Cityscapes: <city>_<seq>_<frame>_leftImg8bit.png -> the same name, as the test server expects.
+    return Path(dataset.files[index][0]).stem + ".png"
+
+
+def _first(batch):
+    return batch[0]
+
+
+def _batches(dataset, indices, batch_size: int, num_workers: int):
+    """Yield (indices, images, labels) with up to ``batch_size`` consecutive samples of one size."""
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers, collate_fn=_first)
+    group = []
+    for index, (image, label) in zip(indices, loader):
+        if group and (len(group) == batch_size or group[0][1].shape != image.shape):
+            yield _stack(group)
+            group = []
+        group.append((index, image, label))
+    if group:
+        yield _stack(group)
+
+
+def _stack(group):
+    return [g[0] for g in group], torch.stack([g[1] for g in group]), torch.stack([g[2] for g in group])
+
+
+def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), eval_size=None, batch_size: int = 1,
+             distributed: bool = False, progress: bool = True, save_predictions=None, num_workers: int = 0) -> dict:
+    """Evaluate ``model`` on ``dataset`` (built with ``train=False``: full resolution) and return the report.
+
+    ``distributed``: each rank takes every world_size-th sample and the confusion matrices are summed
+    (all ranks get the full report). ``save_predictions``: a folder for prediction PNGs (Cityscapes:
+    labelIds named like the test-server export; otherwise train ids).
+    """
+    import torch.distributed as dist
+
+    device = torch.device(device)
+    rank, world = 0, 1
+    if distributed and dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    indices = list(range(rank, len(dataset), world))
+    cityscapes = _is_cityscapes(dataset)
+    out_dir = Path(save_predictions) if save_predictions else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    was_training = model.training
+    model.eval().to(device)
+    cm = ConfusionMatrix(dataset.num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), desc="eval", file=sys.stderr, leave=False)
+    try:
+        with torch.inference_mode():
+            for idx, images, labels in _batches(dataset, indices, max(1, int(batch_size)), num_workers):
+                images, labels = images.to(device), labels.to(device)
+                probs = predict_probabilities(model, images, labels.shape[-2:], flip, scales, eval_size)
+                pred = probs.argmax(dim=1)
+                cm.update(pred, labels)
+                if out_dir is not None:
+                    for i, p in zip(idx, pred.to(torch.uint8).cpu().numpy()):
+                        _write_png(out_dir / _prediction_name(dataset, i), _encode_prediction(p, cityscapes))
+                if bar is not None:
+                    bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    if distributed:
+        cm.all_reduce()
+    report = cm.report(dataset.classes, cityscapes_categories() if cityscapes else None)
+    report.update(num_images=len(dataset), flip=bool(flip), scales=[float(s) for s in scales],
+                  eval_size=list(eval_size) if eval_size else None)
+    return report
+
+
+# ---------------------------------------------------------------- `lightseg eval`
+def _dump(report: dict) -> str:
+    return json.dumps(report, indent=2, allow_nan=False)
+
+
+def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=(), flip=False, scales=None,
+                     as_json=False, output=None, save_predictions=None) -> dict:
+    """``lightseg eval``: evaluate a checkpoint on a split of the recipe's dataset; write metrics JSON."""
+    from .. import create_model
+    from ..checkpoint import load_checkpoint, load_model_weights
+    from ..config import load_config
+    from ..data import build_dataset, resolve_split
+    from .distributed import setup
+
+    cfg = load_config(config, overrides or ())
+    data_cfg = cfg["data"]
+    if data_root is not None:
+        data_cfg["root"] = str(data_root)
+    split_name = resolve_split(data_cfg, split)  # "val" -> data.val_split
+    dataset = build_dataset(data_cfg, split_name, train=False)
+    model_cfg = cfg["model"]
+    if model_cfg["num_classes"] != dataset.num_classes:
+        raise ConfigError(f"{config}: model.num_classes is {model_cfg['num_classes']} but the {data_cfg['name']} dataset "
+                          f"has {dataset.num_classes} classes; set model.num_classes: {dataset.num_classes}")
+
+    ckpt = load_checkpoint(checkpoint)
+    trained_as = ckpt.get("model_name")
+    if trained_as is not None and trained_as != model_cfg["name"]:
+        raise CheckpointError(f"{checkpoint} holds a {trained_as!r} model but recipe {config} builds {model_cfg['name']!r}; "
+                              f"use the recipe it was trained with (or --set model.name={trained_as})")
+    model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"], **(model_cfg.get("kwargs") or {}))
+    load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
+
+    info = setup(cfg["train"].get("device", "auto"))
+    eval_cfg = cfg.get("eval", {})
+    report = evaluate(
+        model, dataset, device=info.device,
+        flip=bool(flip or eval_cfg.get("flip", False)),
+        scales=tuple(scales or eval_cfg.get("scales") or (1.0,)),
+        eval_size=data_cfg.get("eval_size"),
+        batch_size=eval_cfg.get("batch_size", 1),
+        distributed=info.distributed,
+        progress=True,
+        save_predictions=save_predictions,
+        num_workers=int(data_cfg.get("num_workers", 0) or 0),
+    )
+    report = {"model": model_cfg["name"], "checkpoint": str(checkpoint), "dataset": data_cfg["name"],
+              "split": split_name, **report}
+    if not info.is_main:
+        return report
+    out = Path(output) if output else Path(checkpoint).parent / ("metrics.json" if split == "val" else f"metrics_{split}.json")
+    text = _dump(report)
+    atomic_write_bytes(out, lambda f: f.write(text.encode()))
+    if as_json:
+        print(text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        print(format_table(report))
+        print(f"wrote {out}")
+    return report
+
+
+# ---------------------------------------------------------------- `lightseg score`
+def _read_png(path) -> np.ndarray:
+    from ..data.base import read_label
+
+    return read_label(path)
+
+
+def _list_missing(missing, where) -> str:
+    shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+    return f"no prediction for {shown} in {where}"
+
+
+def _cityscapes_pairs(pred_dir: Path, gt_dir: Path):
+    # gt_dir is the Cityscapes root (then gtFine/val is scored, like the official script) or a gtFine/<split> folder.
+    search = gt_dir / "gtFine" / "val" if (gt_dir / "gtFine").is_dir() else gt_dir
+    gt_files = sorted(search.rglob("*_gtFine_labelIds.png"))
+    if not gt_files:
+        raise DataError(f"no *_gtFine_labelIds.png under {search}; pass --gt-dir the Cityscapes root "
+                        "(containing gtFine/val) or a gtFine/<split> folder")
+    # Official rule: a prediction belongs to <city>_<seq>_<frame>*.png, searched recursively.
+    preds: dict[str, list[Path]] = {}
+    for p in sorted(pred_dir.rglob("*.png")):
+        preds.setdefault("_".join(p.name.split("_")[:3]), []).append(p)
+    pairs, missing = [], []
+    for g in gt_files:
+        key = "_".join(g.name.split("_")[:3])
+        found = preds.get(key, [])
+        if not found:
+            missing.append(f"{key}*.png")
+        elif len(found) > 1:
+            raise DataError(f"several predictions match {key}*.png: {', '.join(str(f) for f in found[:3])}; "
+                            "keep one PNG per image in --pred-dir")
+        else:
+            pairs.append((found[0], g))
+    if missing:
+        raise LightsegError(_list_missing(missing, pred_dir) + f" (expected one prediction per ground truth under {search})")
+    return pairs
+
+
+def _camvid_pairs(pred_dir: Path, gt_dir: Path):
+    gt_files = sorted(gt_dir.rglob("*.png"))
+    if not gt_files:
+        raise DataError(f"no label PNGs under {gt_dir}; pass --gt-dir the CamVid label folder (e.g. testannot)")
+    preds = {p.stem: p for p in sorted(pred_dir.rglob("*.png"))}
+    missing = [g.name for g in gt_files if g.stem not in preds]
+    if missing:
+        raise LightsegError(_list_missing(missing, pred_dir) + " (predictions are matched to labels by file name)")
+    return [(preds[g.stem], g) for g in gt_files]
+
+
+def score_predictions(pred_dir, gt_dir, dataset: str) -> dict:
+    """Score prediction PNGs against ground-truth PNGs; returns the metrics report."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for what, d in (("--pred-dir", pred_dir), ("--gt-dir", gt_dir)):
+        if not d.is_dir():
+            raise LightsegError(f"{what} {str(d)!r} is not a folder")
+    if dataset == "cityscapes":
+        pairs = _cityscapes_pairs(pred_dir, gt_dir)
+        lut = cityscapes_label_lut()  # labelId -> trainId on both sides (void ids -> 255)
+        classes, categories = CITYSCAPES_CLASSES, cityscapes_categories()
+    elif dataset == "camvid":
+        pairs = _camvid_pairs(pred_dir, gt_dir)
+        lut = None  # train ids already; ground-truth 11 (void) is outside 0..10 and so not counted
+        classes, categories = CAMVID_CLASSES, None
+    else:
+        raise LightsegError(f"unknown dataset {dataset!r} for scoring; use cityscapes or camvid")
+    cm = ConfusionMatrix(len(classes))
+    for pred_path, gt_path in pairs:
+        pred, gt = _read_png(pred_path), _read_png(gt_path)
+        if pred.shape != gt.shape:
+            raise DataError(f"prediction {pred_path} is {pred.shape[0]}x{pred.shape[1]} but ground truth {gt_path} is "
+                            f"{gt.shape[0]}x{gt.shape[1]} (HxW); predictions must be at full label resolution")
+        if lut is not None:
+            pred, gt = lut[np.clip(pred, 0, 255).astype(np.uint8)], lut[np.clip(gt, 0, 255).astype(np.uint8)]
+        cm.update(pred, gt)
+    report = cm.report(classes, categories)
+    report["num_images"] = len(pairs)
+    return report
+
+
+def score_command(pred_dir, gt_dir, dataset: str, as_json: bool = False) -> dict:
+    """``lightseg score``: print the per-class table (or the JSON with ``--json``)."""
+    report = score_predictions(pred_dir, gt_dir, dataset)
+    print(_dump(report) if as_json else format_table(report))
+    return report

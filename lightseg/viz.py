@@ -1,0 +1,265 @@
+"""Drawing helpers: colour label maps, overlays, legends, text on video frames, training curves.
+
+Images are RGB uint8 (H, W, 3) numpy arrays throughout; ``save_png`` converts to OpenCV's BGR order
+when writing. Everything is drawn with OpenCV/numpy, except ``plot_run`` which uses matplotlib's Agg
+canvas directly (no pyplot, so no global backend is changed).
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .checkpoint import atomic_write_bytes
+from .data.classes import IGNORE_INDEX
+from .errors import LightsegError
+
+# Legend geometry (pixels); draw_legend's panel size follows from these and the text widths.
+LEGEND_PAD = 8
+LEGEND_ROW = 20
+LEGEND_SWATCH = 14
+LEGEND_GAP = 6
+LEGEND_FONT = cv2.FONT_HERSHEY_SIMPLEX
+LEGEND_SCALE = 0.45
+LEGEND_BG = (32, 32, 32)
+LEGEND_TEXT = (235, 235, 235)
+
+
+def _palette_array(palette, needed=0) -> np.ndarray:
+    pal = np.asarray(palette, dtype=np.int64)
+    if pal.ndim != 2 or pal.shape[1] != 3 or pal.size == 0 or pal.min() < 0 or pal.max() > 255:
+        raise LightsegError(f"palette must be a list of (r, g, b) triples in 0..255, got shape {pal.shape}")
+    if len(pal) < needed:
+        raise LightsegError(f"label value {needed - 1} has no colour: the palette has {len(pal)} colours; "
+                            f"pass a palette with at least {needed} (e.g. lightseg.viz.palette_for({needed}))")
+    return pal.astype(np.uint8)
+
+
+def _check_label(label) -> np.ndarray:
+    label = np.asarray(label)
+    if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+        raise LightsegError(f"a label map must be a 2-D integer array (H, W), got {label.dtype} of shape {label.shape}")
+    return label
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise LightsegError(f"an image must be an RGB uint8 array (H, W, 3), got {image.dtype} of shape {image.shape}")
+    return image
+
+
+def colorize(label, palette, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Label map (H, W) -> RGB uint8 (H, W, 3) with ``palette[c]`` per class; ignored pixels black."""
+    label = _check_label(label)
+    valid = label != ignore_index
+    if valid.any():
+        lo, hi = int(label[valid].min()), int(label[valid].max())
+        if lo < 0:
+            raise LightsegError(f"label map has negative value {lo}; class ids start at 0 (ignore is {ignore_index})")
+    else:
+        hi = -1
+    pal = _palette_array(palette, needed=hi + 1)
+    out = np.zeros(label.shape + (3,), np.uint8)
+    out[valid] = pal[label[valid]]
+    return out
+
+
+def overlay(image, label, palette, alpha: float = 0.5, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Blend the class colours over ``image``: ``(1 - alpha) * image + alpha * colour``, rounded.
+
+    Ignored pixels keep the image unchanged.
+    """
+    image, label = _check_image(image), _check_label(label)
+    if image.shape[:2] != label.shape:
+        raise LightsegError(f"image {image.shape[:2]} and label {label.shape} differ in size; resize the label "
+                            "(nearest) or the prediction to the image first")
+    if not 0.0 <= alpha <= 1.0:
+        raise LightsegError(f"overlay alpha={alpha} must be between 0 and 1")
+    colours = colorize(label, palette, ignore_index).astype(np.float32)
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    out = np.floor(blend + 0.5).clip(0, 255).astype(np.uint8)
+    keep = label == ignore_index
+    out[keep] = image[keep]
+    return out
+
+
+def _legend_entries(classes, palette, present):
+    pal = _palette_array(palette, needed=len(classes))
+    idx = range(len(classes)) if present is None else sorted(int(c) for c in present if 0 <= int(c) < len(classes))
+    return [(str(classes[i]), tuple(int(v) for v in pal[i])) for i in idx]
+
+
+def legend_column_width(names) -> int:
+    """Width in pixels of one legend column holding ``names``."""
+    text = max((cv2.getTextSize(n, LEGEND_FONT, LEGEND_SCALE, 1)[0][0] for n in names), default=0)
+    return LEGEND_PAD + LEGEND_SWATCH + LEGEND_GAP + text + LEGEND_PAD
+
+
+def draw_legend(image, classes, palette, present=None, where: str = "right") -> np.ndarray:
+    """Return ``image`` with a legend panel (colour swatch + class name per row) to the right or bottom.
+
+    ``present``: class ids to list (e.g. the classes found in a prediction); all classes when None.
+    The right panel is as tall as the image and one column of ``legend_column_width`` pixels per
+    ``(H - 2 * LEGEND_PAD) // LEGEND_ROW`` entries; the bottom panel is as wide as the image and
+    ``rows * LEGEND_ROW + 2 * LEGEND_PAD`` tall.
+    """
+    image = _check_image(image)
+    if where not in ("right", "bottom"):
+        raise LightsegError(f"legend position {where!r} is not one of 'right', 'bottom'")
+    entries = _legend_entries(classes, palette, present)
+    h, w = image.shape[:2]
+    col_w = legend_column_width([n for n, _ in entries])
+    if where == "right":
+        per_col = max((h - 2 * LEGEND_PAD) // LEGEND_ROW, 1)
+        cols = max(-(-len(entries) // per_col), 1)
+        panel = np.empty((h, cols * col_w, 3), np.uint8)
+    else:
+        cols = max(min(w // col_w, len(entries)), 1)
+        per_col = max(-(-len(entries) // cols), 1)
+        panel = np.empty((per_col * LEGEND_ROW + 2 * LEGEND_PAD, w, 3), np.uint8)
+    panel[:] = LEGEND_BG
+    for k, (name, colour) in enumerate(entries):
+        x0 = (k // per_col) * col_w + LEGEND_PAD
+        y0 = LEGEND_PAD + (k % per_col) * LEGEND_ROW + (LEGEND_ROW - LEGEND_SWATCH) // 2
+        panel[y0:y0 + LEGEND_SWATCH, x0:x0 + LEGEND_SWATCH] = colour
+        baseline = y0 + LEGEND_SWATCH - 2
+        cv2.putText(panel, name, (x0 + LEGEND_SWATCH + LEGEND_GAP, baseline), LEGEND_FONT, LEGEND_SCALE,
+                    LEGEND_TEXT, 1, cv2.LINE_AA)
+    return np.concatenate([image, panel], axis=1 if where == "right" else 0)
+
+
+def put_text(image, text: str, org=(8, 24), scale: float = 0.6, colour=(255, 255, 255)) -> np.ndarray:
+    """Return a copy of ``image`` with ``text`` at ``org`` (x, y of the baseline): light text with a
+    dark outline, readable on any background (used for the FPS label on video)."""
+    out = _check_image(image).copy()
+    org = (int(org[0]), int(org[1]))
+    thick = max(int(round(scale * 2)), 1)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, tuple(int(c) for c in colour), thick, cv2.LINE_AA)
+    return out
+
+
+def palette_for(num_classes: int) -> tuple:
+    """Distinct colours for ``num_classes`` classes (1..255), for datasets without a palette.
+
+    PASCAL VOC's bit-interleaving palette, starting at its entry 1 so that no class is black
+    (black marks ignored pixels in ``colorize``).
+    """
+    if not 1 <= int(num_classes) <= 255:
+        raise LightsegError(f"palette_for({num_classes}): the number of classes must be between 1 and 255")
+    colours = []
+    for i in range(1, int(num_classes) + 1):
+        r = g = b = 0
+        c = i
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colours.append((r, g, b))
+    return tuple(colours)
+
+
+def save_png(path, rgb_or_label) -> Path:
+    """Write an RGB uint8 image (H, W, 3) or a label map (H, W) as PNG, atomically.
+
+    Label maps are stored as 8-bit (values 0..255) or 16-bit PNG (up to 65535).
+    """
+    path = Path(path)
+    a = np.asarray(rgb_or_label)
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        data = cv2.cvtColor(a, cv2.COLOR_RGB2BGR)
+    elif a.ndim == 2 and (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise LightsegError(f"cannot save label values {lo}..{hi} to {path}: PNG labels hold 0..65535")
+        data = a.astype(np.uint8 if hi <= 255 else np.uint16)
+    else:
+        raise LightsegError(f"save_png({path}): expected an RGB uint8 (H, W, 3) image or an integer (H, W) label map, "
+                            f"got {a.dtype} of shape {a.shape}")
+    ok, buf = cv2.imencode(".png", data)
+    if not ok:
+        raise LightsegError(f"could not encode {path} as PNG")
+    return atomic_write_bytes(path, lambda f: f.write(buf.tobytes()))
+
+
+# ------------------------------------------------------------------ training curves
+def read_log(path) -> list:
+    """The records of a run's ``log.jsonl``; a half-written last line (a run still going) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise LightsegError(f"training log {path} not found; pass the run directory that `lightseg train` wrote "
+                            "(it holds log.jsonl)")
+    lines = path.read_text().splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if n == len(lines):  # being written right now
+                continue
+            raise LightsegError(f"{path}:{n}: not a JSON record: {line[:80]!r}") from None
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def plot_run(run_dir, output=None) -> Path:
+    """Plot loss, learning rate and val mIoU of a run against iteration (and time, when logged).
+
+    Reads ``run_dir/log.jsonl``; writes ``run_dir/curves.png`` or ``output``; returns the PNG path.
+    """
+    run_dir = Path(run_dir)
+    log = run_dir / "log.jsonl"
+    records = read_log(log)
+    train = [r for r in records if r.get("kind") == "train" and "iter" in r]
+    val = [r for r in records if r.get("kind") == "val" and "iter" in r]
+    if not train and not val:
+        raise LightsegError(f"training log {log} has no train or val records yet; plot again once training has logged")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise LightsegError("plotting needs matplotlib: pip install 'lightseg[plot]'") from None
+
+    def series(recs, key, x):
+        pts = [(r[x], r[key]) for r in recs if r.get(key) is not None and r.get(x) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    panels = [("loss", train, "loss", "train loss"), ("lr", train, "lr", "learning rate"), ("miou", val, "miou", "val mIoU")]
+    with_time = any("time" in r for r in train + val)
+    axes_x = [("iter", "iteration")] + ([("time", "time (min)")] if with_time else [])
+    fig = Figure(figsize=(12, 3.6 * len(axes_x)), dpi=100)
+    FigureCanvasAgg(fig)
+    for row, (xkey, xlabel) in enumerate(axes_x):
+        for col, (_, recs, key, title) in enumerate(panels):
+            ax = fig.add_subplot(len(axes_x), 3, row * 3 + col + 1)
+            xs, ys = series(recs, key, xkey)
+            if xkey == "time":
+                xs = [t / 60.0 for t in xs]
+            if xs:
+                ax.plot(xs, ys, marker="o" if key == "miou" else None, markersize=3)
+                if key == "miou":
+                    px, py = series(recs, "pixel_acc", xkey)
+                    if px:
+                        ax.plot([t / 60.0 for t in px] if xkey == "time" else px, py, "--", label="pixel acc")
+                        ax.legend(loc="lower right")
+            else:
+                ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes)
+            if key == "lr" and ys and min(ys) > 0 and max(ys) / min(ys) > 100:
+                ax.set_yscale("log")
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+            ax.grid(True, alpha=0.3)
+    fig.suptitle(str(run_dir))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    out = Path(output) if output is not None else run_dir / "curves.png"
+    return atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))

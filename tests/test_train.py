@@ -1,0 +1,177 @@
+import json
+import math
+import random
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from lightseg.checkpoint import load_checkpoint
+from lightseg.config import load_config
+from lightseg.data.classes import CAMVID_PALETTE
+from lightseg.engine.optim import IterationScheduler, build_optimizer
+from lightseg.engine.train import InfiniteBatchSampler, Trainer, rng_state, set_rng_state
+
+
+# ---------------------------------------------------------------- helpers shared by the engine tests
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training tests use one intra-op thread: on a shared 2-core machine two threads that wait for
+    each other make these tiny runs ten times slower. The previous setting is put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_camvid_like(root, n_train=8, n_val=3, size=(64, 64), seed=0):
+    """A tiny dataset in SegNet's CamVid layout: three coloured regions (+ a void corner) per image,
+    colours = class colours + noise, so that a few iterations already learn something."""
+    rng = np.random.default_rng(seed)
+    palette = np.array(list(CAMVID_PALETTE) + [(0, 0, 0)], np.uint8)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = size
+            label = np.zeros((h, w), np.uint8)
+            c1, c2 = rng.integers(1, 11, 2)
+            y, x = rng.integers(8, h - 8), rng.integers(8, w - 8)
+            label[y:, :x] = c1
+            label[:y, x:] = c2
+            label[:4, :4] = 11  # void -> ignore
+            image = palette[label] + rng.integers(0, 20, (h, w, 3)).astype(np.uint8)
+            cv2.imwrite(str(root / split / f"s{i:03d}.png"), image[..., ::-1])
+            cv2.imwrite(str(root / f"{split}annot" / f"s{i:03d}.png"), label)
+    return root
+
+
+def tiny_recipe(tmp_path, data_root, iters=12, extra=""):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(f"""
+model: {{name: mininet_95k, num_classes: 11}}
+data: {{name: camvid, root: {data_root}, num_workers: 0}}
+train:
+  iters: {iters}
+  batch_size: 2
+  ckpt_interval: 4
+  val_interval: 1000
+  log_interval: 1
+  loss: {{aux_weights: [0.4, 0.4, 0.4], aux_mode: upsample}}
+{extra}
+output_dir: {tmp_path / 'run'}
+""")
+    return p
+
+
+# ---------------------------------------------------------------- schedules
+def _sched(**kw):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = {"name": "poly", "power": 0.9, "min_lr": 0.0, "warmup_iters": 0, "warmup_start": 0.1,
+           "plateau_factor": 0.5, "plateau_patience": 2, **kw}
+    return IterationScheduler(opt, cfg, base_lr=0.1, max_iters=100), opt
+
+
+def test_poly_cosine_constant_by_hand():
+    s, opt = _sched()
+    assert s.step(0) == pytest.approx(0.1)
+    assert s.step(50) == pytest.approx(0.1 * 0.5 ** 0.9)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
+    s, _ = _sched(name="cosine", min_lr=1e-6)
+    assert s.lr_at(50) == pytest.approx(1e-6 + (0.1 - 1e-6) * 0.5)
+    assert s.lr_at(100) == pytest.approx(1e-6)
+    s, _ = _sched(name="constant")
+    assert s.lr_at(99) == 0.1
+
+
+def test_warmup_is_linear_from_start_fraction():
+    s, _ = _sched(name="constant", warmup_iters=10, warmup_start=0.1)
+    assert s.lr_at(0) == pytest.approx(0.01)
+    assert s.lr_at(5) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
+    assert s.lr_at(10) == pytest.approx(0.1)
+
+
+def test_plateau_halves_after_patience_and_state_round_trip():
+    s, _ = _sched(name="plateau", plateau_patience=2)
+    for miou in (0.3, 0.4, 0.4, 0.39):  # improves twice, then two validations without improvement
+        s.on_validation(miou)
+    assert s.lr_at(10) == pytest.approx(0.05)
+    s2, _ = _sched(name="plateau", plateau_patience=2)
+    s2.load_state_dict(s.state_dict())
+    assert s2.lr_at(10) == pytest.approx(0.05) and s2.best_metric == 0.4
+
+
+def test_backbone_lr_mult_groups():
+    model = nn.Sequential()
+    model.backbone = nn.Linear(2, 2)
+    model.head = nn.Linear(2, 3)
+    opt = build_optimizer(model, {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
+                                  "nesterov": True, "betas": [0.9, 0.999], "backbone_lr_mult": 0.1})
+    head, body = opt.param_groups
+    assert head["name"] == "head" and len(head["params"]) == 2 and body["name"] == "backbone"
+    s = IterationScheduler(opt, {"name": "constant"}, base_lr=0.02, max_iters=10)
+    s.step(3)
+    assert head["lr"] == pytest.approx(0.02) and body["lr"] == pytest.approx(0.002)
+    assert opt.defaults["nesterov"] is True
+
+
+# ---------------------------------------------------------------- sampler and RNG state
+def test_sampler_shards_the_global_stream():
+    single = InfiniteBatchSampler(10, batch_size=4, seed=3)
+    r0 = InfiniteBatchSampler(10, batch_size=2, seed=3, rank=0, world_size=2)
+    r1 = InfiniteBatchSampler(10, batch_size=2, seed=3, rank=1, world_size=2)
+    for it in range(6):
+        assert sorted(r0.batch(it) + r1.batch(it)) == sorted(single.batch(it))
+        assert not set(r0.batch(it)) & set(r1.batch(it))
+    # each epoch (10 samples) is a permutation; seeds differ between epochs
+    stream = [s for it in range(5) for s in single.batch(it)]  # 20 samples = 2 epochs
+    assert sorted(i for i, _ in stream[:10]) == list(range(10)) == sorted(i for i, _ in stream[10:])
+    assert len({seed for _, seed in stream}) == 20
+    # starting at iteration k gives the same batches as running up to it
+    it = iter(InfiniteBatchSampler(10, batch_size=4, seed=3, start_iter=3))
+    assert next(it) == single.batch(3)
+
+
+def test_rng_state_is_weights_only_and_restores(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+# ---------------------------------------------------------------- a short run
+def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
+    data = make_camvid_like(tmp_path / "data")
+    cfg = load_config(tiny_recipe(tmp_path, data, iters=16, extra="  val_interval: 8"),
+                      ["train.optimizer.lr=5e-3"])
+    run_dir = Trainer(cfg).fit()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.yaml", "last.pt", "log.jsonl"]
+    assert load_config(run_dir / "config.yaml") == cfg
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["iter"] for r in train] == list(range(1, 17))
+    assert set(train[0]) == {"kind", "iter", "epoch", "time", "loss", "lr", "images_per_s"}
+    assert train[-1]["epoch"] == 16 * 2 // 8
+    assert [r["iter"] for r in val] == [8, 16] and set(val[0]["iou"]) >= {"Sky", "Car"}
+    first, last = np.mean([r["loss"] for r in train[:3]]), np.mean([r["loss"] for r in train[-3:]])
+    assert last < 0.8 * first, (first, last)
+    # poly schedule, logged lr of update i (1-based iter) is lr_at(i - 1)
+    assert train[0]["lr"] == pytest.approx(5e-3)
+    assert train[8]["lr"] == pytest.approx(5e-3 * (1 - 8 / 16) ** 0.9)
+
+    ckpt = load_checkpoint(run_dir / "last.pt")  # weights_only=True inside
+    assert ckpt["iteration"] == 16 and ckpt["epoch"] == 4 and ckpt["model_name"] == "mininet_95k"
+    assert ckpt["num_classes"] == 11 and ckpt["classes"][0] == "Sky" and len(ckpt["palette"]) == 11
+    assert ckpt["config"] == cfg and ckpt["sampler"]["iteration"] == 16
+    assert set(ckpt["rng"]) >= {"torch", "numpy", "python"} and "state" in ckpt["optimizer"]
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["best_miou"] == max(r["miou"] for r in val) and 0 < best["best_miou"] <= 1
+    assert not math.isnan(best["best_miou"])

@@ -1,0 +1,145 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lightseg import viz
+from lightseg.cli import main
+from lightseg.errors import LightsegError
+
+PALETTE = [(10, 20, 30), (40, 50, 60), (70, 80, 90)]
+
+
+def test_colorize_hand_values():
+    label = np.array([[0, 1], [255, 2]])
+    out = viz.colorize(label, PALETTE)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3)
+    assert out.tolist() == [[[10, 20, 30], [40, 50, 60]], [[0, 0, 0], [70, 80, 90]]]
+    with pytest.raises(LightsegError, match=r"label value 3 .*palette_for\(4\)"):
+        viz.colorize(np.array([[3]]), PALETTE)
+
+
+def test_overlay_alpha_arithmetic():
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[0, 0] = (100, 50, 200)
+    image[1, 2] = (9, 9, 9)
+    label = np.array([[0, 1, 2], [2, 1, 255]])
+    out = viz.overlay(image, label, PALETTE, alpha=0.25)
+    # 0.75 * (100, 50, 200) + 0.25 * (10, 20, 30) = (77.5, 42.5, 157.5) -> rounded half up
+    assert out[0, 0].tolist() == [78, 43, 158]
+    # 0.75 * 0 + 0.25 * (70, 80, 90) = (17.5, 20, 22.5)
+    assert out[1, 0].tolist() == [18, 20, 23]
+    assert out[1, 2].tolist() == [9, 9, 9]  # ignored pixel: image unchanged
+    assert viz.overlay(image, label, PALETTE, alpha=1.0)[0, 1].tolist() == [40, 50, 60]
+    with pytest.raises(LightsegError, match="differ in size"):
+        viz.overlay(image, label[:, :2], PALETTE)
+
+
+def _text_width(name):
+    return cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, viz.LEGEND_SCALE, 1)[0][0]
+
+
+def test_legend_panel_size_and_swatches():
+    image = np.full((120, 50, 3), 255, np.uint8)
+    classes = ("road", "a_long_class_name", "car")
+    out = viz.draw_legend(image, classes, PALETTE)
+    width = viz.LEGEND_PAD + viz.LEGEND_SWATCH + viz.LEGEND_GAP + _text_width("a_long_class_name") + viz.LEGEND_PAD
+    assert out.shape == (120, 50 + width, 3)
+    assert np.array_equal(out[:, :50], image)
+    panel = out[:, 50:].reshape(-1, 3)
+    for colour in PALETTE:
+        assert (panel == colour).all(1).sum() >= viz.LEGEND_SWATCH ** 2, colour
+
+    # Only the present classes: one entry, and the other colours are absent.
+    out = viz.draw_legend(image, classes, PALETTE, present={2})
+    assert out.shape[1] == 50 + viz.LEGEND_PAD * 2 + viz.LEGEND_SWATCH + viz.LEGEND_GAP + _text_width("car")
+    panel = out[:, 50:].reshape(-1, 3)
+    assert (panel == PALETTE[2]).all(1).any()
+    assert not (panel == PALETTE[0]).all(1).any() and not (panel == PALETTE[1]).all(1).any()
+
+    # Bottom panel: three entries side by side in a wide image -> one row.
+    wide = np.zeros((40, 600, 3), np.uint8)
+    out = viz.draw_legend(wide, classes, PALETTE, where="bottom")
+    assert out.shape == (40 + viz.LEGEND_ROW + 2 * viz.LEGEND_PAD, 600, 3)
+    # A right panel on a short image wraps into columns.
+    short = np.zeros((2 * viz.LEGEND_PAD + viz.LEGEND_ROW, 10, 3), np.uint8)
+    assert viz.draw_legend(short, classes, PALETTE).shape[1] == 10 + 3 * width
+
+
+def test_put_text_readable_on_any_background():
+    for value in (0, 255, 128):
+        image = np.full((40, 200, 3), value, np.uint8)
+        out = viz.put_text(image, "30.0 FPS", org=(8, 24))
+        assert (image == value).all(), "the input is not modified"
+        box = out[5:30, 5:120].astype(int).sum(-1)
+        assert (box > 600).any() and (box < 100).any(), "needs light text and a dark outline"
+
+
+def test_palette_for_is_distinct_and_never_black():
+    pal = viz.palette_for(21)
+    assert pal[:3] == ((128, 0, 0), (0, 128, 0), (128, 128, 0))  # PASCAL VOC entries 1..3
+    big = viz.palette_for(255)
+    assert len(set(big)) == 255 and (0, 0, 0) not in big
+    with pytest.raises(LightsegError):
+        viz.palette_for(0)
+
+
+def test_save_png_round_trips(tmp_path):
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red must stay red (RGB -> BGR on disk -> RGB)
+    viz.save_png(tmp_path / "rgb.png", rgb)
+    back = cv2.cvtColor(cv2.imread(str(tmp_path / "rgb.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(back, rgb)
+    label = np.arange(20, dtype=np.int64).reshape(4, 5)
+    viz.save_png(tmp_path / "sub" / "label.png", label)
+    back = cv2.imread(str(tmp_path / "sub" / "label.png"), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8 and np.array_equal(back, label)
+    viz.save_png(tmp_path / "big.png", label * 1000)
+    assert cv2.imread(str(tmp_path / "big.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert not list(tmp_path.rglob("*.tmp"))
+    with pytest.raises(LightsegError, match="float"):
+        viz.save_png(tmp_path / "bad.png", np.zeros((4, 4), np.float32))
+
+
+def _write_log(run_dir, partial_tail=False):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for it in range(0, 100, 10):
+        lines.append({"kind": "train", "iter": it, "epoch": it / 50, "time": it * 0.5, "loss": 2.0 / (1 + it),
+                      "lr": 0.01 * (1 - it / 100) ** 0.9, "images_per_s": 12.0})
+        if it % 50 == 40:
+            lines.append({"kind": "val", "iter": it, "time": it * 0.5 + 1, "miou": 0.2 + it / 200, "pixel_acc": 0.7})
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    if partial_tail:
+        text += '{"kind": "train", "iter": 1'
+    (run_dir / "log.jsonl").write_text(text)
+
+
+def test_plot_run_writes_png(tmp_path):
+    run = tmp_path / "run"
+    _write_log(run, partial_tail=True)
+    out = viz.plot_run(run)
+    assert out == run / "curves.png"
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 300 and img.shape[1] > 600
+    assert img.std() > 5  # not a blank canvas
+    other = viz.plot_run(run, output=tmp_path / "x" / "c.png")
+    assert other.is_file() and cv2.imread(str(other)) is not None
+    assert main(["plot", str(run), "--output", str(tmp_path / "cli.png")]) == 0
+    assert (tmp_path / "cli.png").is_file()
+
+
+def test_plot_run_errors(tmp_path, capsys):
+    with pytest.raises(LightsegError, match=str(tmp_path / "nowhere" / "log.jsonl")):
+        viz.plot_run(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "log.jsonl").write_text("\n")
+    with pytest.raises(LightsegError, match="no train or val records"):
+        viz.plot_run(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "log.jsonl").write_text("not json\n{}\n")
+    with pytest.raises(LightsegError, match="log.jsonl:1"):
+        viz.plot_run(tmp_path / "bad")
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert "log.jsonl" in capsys.readouterr().err
