@@ -1,0 +1,138 @@
+"""Datasets and augmentations: ``build_dataset(data_cfg, split, train)``.
+
+``dataset[i]`` is ``(image, label)``: a float32 (3, H, W) tensor normalised per ``data_cfg["normalize"]``
+and an int64 (H, W) tensor of train ids (255 = ignore). ``train=True`` applies
+``data_cfg["train_transforms"]``; ``train=False`` returns full-resolution samples.
+
+Reproducibility: the transforms draw from numpy's global RNG. PyTorch >= 1.9 already reseeds numpy in
+each ``DataLoader`` worker from the loader's base seed (older versions did not, and forked workers
+repeated each other's augmentations). Pass ``worker_init_fn=lightseg.data.worker_init_fn`` anyway: it
+seeds numpy and ``random`` from the worker's torch seed explicitly, so the guarantee does not rest on
+a torch version. With ``torch.manual_seed`` set, augmentations are reproducible and differ between
+workers and epochs.
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, LightsegError
+from .base import NORMALIZATIONS, SegmentationDataset, image_size, read_image, read_label
+from .camvid import CamVid, CamVid32
+from .cityscapes import Cityscapes
+from .classes import IGNORE_INDEX
+from .folder import FolderDataset
+from .mapillary import Mapillary
+from .transforms import build_train_transforms
+
+DEFAULT_DATA_CFG = {
+    "name": "camvid",
+    "root": "../shared/data/camvid",
+    "train_split": "train",
+    "val_split": "val",
+    "normalize": "imagenet",
+    "num_workers": 2,
+    "image_dir": None,
+    "label_dir": None,
+    "list_file": None,
+    "classes": None,
+    "palette": None,
+    "label_map": None,
+    "train_transforms": {
+        "scale": None,
+        "scale_step": None,
+        "crop": None,
+        "flip": False,
+        "translate": 0,
+        "color_jitter": 0.0,
+        "resize": None,
+    },
+    "eval_size": None,
+}
+
+DATASETS = {"camvid": CamVid, "camvid32": CamVid32, "cityscapes": Cityscapes, "mapillary": Mapillary,
+            "folder": FolderDataset}
+
+
+def merged_data_cfg(data_cfg: dict) -> dict:
+    """``DEFAULT_DATA_CFG`` updated with ``data_cfg`` (train_transforms merged key by key)."""
+    cfg = copy.deepcopy(DEFAULT_DATA_CFG)
+    for key, value in (data_cfg or {}).items():
+        if key == "train_transforms" and value is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"data.train_transforms must be a mapping, got {value!r}")
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def resolve_split(cfg: dict, split: str) -> str:
+    """``"train"``/``"val"`` stand for ``data.train_split``/``data.val_split``; any other name is used as is."""
+    if split in ("train", "val"):
+        return cfg[f"{split}_split"] or split
+    return split
+
+
+def build_dataset(data_cfg: dict, split: str, train: bool) -> SegmentationDataset:
+    cfg = merged_data_cfg(data_cfg)
+    name = cfg["name"]
+    if name not in DATASETS:
+        raise ConfigError(f"data.name = {name!r} is unknown; use one of {', '.join(DATASETS)}")
+    if cfg["normalize"] not in NORMALIZATIONS:
+        raise ConfigError(f"data.normalize = {cfg['normalize']!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
+    if not cfg["root"]:
+        raise ConfigError("data.root is not set; point it at the dataset folder (or pass --data-root)")
+    split = resolve_split(cfg, split)
+    common = dict(split=split, normalize=cfg["normalize"])
+    if name == "folder":
+        ds = FolderDataset(cfg["root"], classes=cfg["classes"], palette=cfg["palette"], label_map=cfg["label_map"],
+                           image_dir=cfg["image_dir"], label_dir=cfg["label_dir"], list_file=cfg["list_file"], **common)
+    else:
+        ds = DATASETS[name](cfg["root"], **common)
+    if train:
+        ds.transform = build_train_transforms(cfg["train_transforms"], image_fill=ds.image_fill())
+    return ds
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from its torch seed (distinct per worker and
+    epoch, fixed by ``torch.manual_seed``).
+
+    It deliberately does not call ``cv2.setNumThreads``: in a forked worker whose parent already ran
+    OpenCV's thread pool, that call waits forever for the parent's pool threads (measured: the loader
+    hangs). Parallel OpenCV calls themselves are fork-safe.
+    """
+    import torch
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> list[str]:
+    """Scan every sample cheaply (label decoded, image header only) and return the problems found, one
+    message per bad sample: missing/unreadable files, size mismatches, out-of-range label values.
+    A truncated image body is only found when the sample is loaded (``dataset[i]`` raises DataError)."""
+    problems = []
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        img_path, lbl_path = dataset.files[i]
+        try:
+            label = dataset.load_label(i)
+            h, w = image_size(img_path)
+            if (h, w) != label.shape[:2]:
+                problems.append(f"image {img_path} is {h}x{w} but its label {lbl_path} is "
+                                f"{label.shape[0]}x{label.shape[1]} (HxW); they must be the same size")
+        except LightsegError as e:
+            problems.append(str(e))
+    return problems
+
+
+__all__ = [
+    "DEFAULT_DATA_CFG", "DATASETS", "IGNORE_INDEX", "build_dataset", "merged_data_cfg", "resolve_split",
+    "worker_init_fn", "validate_dataset", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
+    "FolderDataset", "read_image", "read_label", "DataError",
+]

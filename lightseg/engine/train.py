@@ -291,7 +291,9 @@ class Trainer:
             elif self.dist.is_main:  # PyTorch's SyncBatchNorm is CUDA-only
                 print("lightseg train: train.sync_bn needs CUDA; using per-process BatchNorm on CPU", file=sys.stderr)
         model.to(self.device)
-        self.channels_last = self.device.type == "cuda" and t["channels_last"] in ("auto", True)
+        # channels_last: faster on CUDA and on CPU too (oneDNN): mininet_211k trains 1.6x faster on
+        # the 2-core CPU (0.29 s vs 0.47 s per batch of 8 at 256x256). `false` turns it off.
+        self.channels_last = t["channels_last"] in ("auto", True)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
