@@ -132,3 +132,68 @@ def test_resume_without_checkpoint_names_path(tmp_path, capsys):
     assert main(["train", str(recipe), "--resume"]) == 2  # no value: the recipe's output_dir
     err = capsys.readouterr().err
     assert str(tmp_path / "run" / "last.pt") in err and "Traceback" not in err
+
+
+def _corrupt_missing_dir(data):
+    import shutil
+
+    shutil.rmtree(data)
+    return data, ["trainannot"]  # the message shows the expected layout
+
+
+def _corrupt_missing_pair(data):
+    victim = data / "trainannot" / "s001.png"
+    victim.unlink()
+    return victim, []
+
+
+def _corrupt_size_mismatch(data):
+    import cv2
+    import numpy as np
+
+    victim = data / "trainannot" / "s002.png"
+    cv2.imwrite(str(victim), np.zeros((40, 50), np.uint8))
+    return victim, ["40", "50"]
+
+
+def _corrupt_truncated_image(data):
+    victim = data / "train" / "s003.png"
+    victim.write_bytes(victim.read_bytes()[:100])
+    return victim, []
+
+
+def _corrupt_label_values(data):
+    import cv2
+    import numpy as np
+
+    victim = data / "trainannot" / "s000.png"
+    label = cv2.imread(str(victim), cv2.IMREAD_UNCHANGED)
+    label[10:12, 10:12] = 77
+    cv2.imwrite(str(victim), label.astype(np.uint8))
+    return victim, ["77"]
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_missing_dir, _corrupt_missing_pair, _corrupt_size_mismatch,
+                                     _corrupt_truncated_image, _corrupt_label_values],
+                         ids=["missing-dir", "missing-pair", "size-mismatch", "truncated-image", "label-values"])
+def test_bad_data_on_resume_exits_2_names_file_keeps_run(trained, tmp_path, capsys, corrupt):
+    """Through the CLI: each data fault stops `lightseg train --resume` with exit 2 and a message naming
+    the file, and the run directory that already exists is left byte-for-byte as it was."""
+    recipe, run_dir = trained
+    before = _snapshot(run_dir)
+    old_log = (run_dir / "log.jsonl").read_text()
+    capsys.readouterr()
+    named, words = corrupt(tmp_path / "data")
+    code = main(["train", str(recipe), "--resume", "--set", "train.iters=8"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert str(named) in err, err
+    for w in words:
+        assert w in err, (w, err)
+    after = _snapshot(run_dir)
+    # checkpoints and config untouched; the log may have grown by the iterations run before the bad
+    # sample came up, but what it held is still there
+    assert {k: v for k, v in after.items() if k != "log.jsonl"} == {k: v for k, v in before.items() if k != "log.jsonl"}
+    assert (run_dir / "log.jsonl").read_text().startswith(old_log)
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no half-written files

@@ -439,6 +439,9 @@ class Trainer:
     def save(self, name: str) -> None:
         if self.dist.is_main:
             save_checkpoint(self.state(), self.run_dir / name)
+            if self._config_pending:  # a resumed run's config replaces the old one with its first checkpoint
+                save_config(self.cfg, self.run_dir / "config.yaml")
+                self._config_pending = False
 
     def validate(self) -> dict:
         from .evaluate import evaluate
@@ -496,7 +499,10 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.cfg["train"]
-        if self.dist.is_main:
+        # A fresh run writes its config now. A resumed run keeps the old config.yaml until it has saved a
+        # checkpoint of its own, so a resume that fails at once (bad data, ...) leaves the run dir untouched.
+        self._config_pending = self.resume_ckpt is not None
+        if self.dist.is_main and not self._config_pending:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
         if self.iteration >= self.max_iters:
