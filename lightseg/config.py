@@ -21,39 +21,9 @@ import yaml
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
-# The data part of the schema belongs to lightseg.data; this copy is used only while that module
-# does not define DEFAULT_DATA_CFG (the two are kept identical).
-_FALLBACK_DATA_CFG = {
-    "name": "camvid",
-    "root": "../shared/data/camvid",
-    "train_split": "train",
-    "val_split": "val",
-    "normalize": "imagenet",
-    "num_workers": 2,
-    "image_dir": None,
-    "label_dir": None,
-    "list_file": None,
-    "classes": None,
-    "palette": None,
-    "label_map": None,
-    "train_transforms": {
-        "scale": None,
-        "scale_step": None,
-        "crop": None,
-        "flip": False,
-        "translate": 0,
-        "color_jitter": 0.0,
-        "resize": None,
-    },
-    "eval_size": None,
-}
-
-
 def _data_defaults() -> dict:
-    try:
-        from .data import DEFAULT_DATA_CFG
-    except ImportError:
-        return copy.deepcopy(_FALLBACK_DATA_CFG)
+    from .data import DEFAULT_DATA_CFG  # the data part of the schema belongs to lightseg.data
+
     return copy.deepcopy(DEFAULT_DATA_CFG)
 
 

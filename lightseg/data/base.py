@@ -104,6 +104,19 @@ def image_size(path) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read the image header ({e}); re-copy it or remove it") from None
 
 
+def read_pair_list(list_file: Path, resolve) -> list[tuple[Path, Path]]:
+    """Parse a list file of ``image_path label_path`` lines (blank lines skipped); ``resolve(str) -> Path``."""
+    files = []
+    for n, line in enumerate(Path(list_file).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise DataError(f"{list_file}:{n}: expected 'image_path label_path', got {line!r}")
+        files.append((resolve(parts[0]), resolve(parts[1])))
+    return files
+
+
 def layout_error(root, what: str, tree: str) -> DataError:
     return DataError(f"{what} under dataset root {root}. Expected layout:\n{tree.rstrip()}\n"
                      "Set data.root (or --data-root) to the folder that contains this tree.")

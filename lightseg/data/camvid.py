@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error
+from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error, read_pair_list
 from .classes import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX, camvid32_colour_to_train_id
 
 CAMVID_LAYOUT = """\
@@ -41,14 +41,7 @@ def list_segnet_split(root: Path, split: str, layout: str):
         raise layout_error(root, "no dataset folder", layout)
     list_file = root / f"{split}.txt"
     if list_file.is_file():
-        files = []
-        for n, line in enumerate(list_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise DataError(f"{list_file}:{n}: expected 'image_path label_path', got {line!r}")
-            files.append((_resolve(root, parts[0]), _resolve(root, parts[1])))
+        files = read_pair_list(list_file, lambda listed: _resolve(root, listed))
         if not files:
             raise DataError(f"{list_file} lists no samples; expected lines 'image_path label_path'")
         check_pairs(files, root, f"fix the line in {list_file} or restore the file")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error
+from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error, read_pair_list
 from .classes import IGNORE_INDEX, generate_palette
 
 FOLDER_LAYOUT = """\
@@ -62,14 +62,7 @@ class FolderDataset(SegmentationDataset):
     def _from_list(self, list_file: Path):
         if not list_file.is_file():
             raise layout_error(self.root, f"no list file {list_file}", FOLDER_LAYOUT)
-        files = []
-        for n, line in enumerate(list_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise DataError(f"{list_file}:{n}: expected 'image_path label_path', got {line!r}")
-            files.append((self.root / parts[0], self.root / parts[1]))
+        files = read_pair_list(list_file, lambda listed: self.root / listed)
         if not files:
             raise DataError(f"{list_file} lists no samples; expected lines 'image_path label_path'")
         check_pairs(files, self.root, f"fix the line in {list_file} or restore the file")

@@ -18,6 +18,16 @@ import torch.nn as nn
 from ...errors import CheckpointError
 
 
+def stage_outputs(features: nn.Sequential, stage_ends, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``features`` layer by layer; collect the outputs of the layers whose index is in ``stage_ends``."""
+    outs = []
+    for i, layer in enumerate(features):
+        x = layer(x)
+        if i in stage_ends:
+            outs.append(x)
+    return outs
+
+
 def _short(keys, n=8):
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")

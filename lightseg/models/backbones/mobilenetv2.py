@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ...errors import ConfigError
 from ..blocks import ConvBNAct
+from . import stage_outputs
 
 # (expansion t, output channels c, repeats n, stride s): Table 2 of the MobileNetV2 paper.
 INVERTED_RESIDUAL_SETTING = [
@@ -95,9 +96,4 @@ class MobileNetV2Backbone(nn.Module):
         self.pretrained_ignore = ("classifier.",) if include_last_conv else ("classifier.", "features.18.")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._stage_ends:
-                outs.append(x)
-        return outs
+        return stage_outputs(self.features, self._stage_ends, x)

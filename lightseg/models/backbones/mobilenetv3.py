@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks import ConvBNAct, make_divisible
+from . import stage_outputs
 from .mobilenetv2 import check_output_stride
 
 
@@ -178,9 +179,4 @@ class MobileNetV3Backbone(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._stage_ends:
-                outs.append(x)
-        return outs
+        return stage_outputs(self.features, self._stage_ends, x)
