@@ -131,7 +131,9 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
         out_dir.mkdir(parents=True, exist_ok=True)
 
     was_training = model.training
-    model.eval().to(device)
+    # channels_last: the same numbers, far faster for these nets (mininet_211k at 360x480 on the 2-core
+    # CPU: 3.0 s per image NCHW vs 0.3 s channels_last, dilated depthwise convs being the slow NCHW path).
+    model.eval().to(device).to(memory_format=torch.channels_last)
     cm = ConfusionMatrix(dataset.num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
     bar = None
     if progress and rank == 0:
