@@ -1,7 +1,7 @@
 """ATONet (Cao, Huang, Shao): ResNet-18 encoder, aspect-ratio spatial pyramid pooling, and a decoder that
 sums all encoder levels at 1/4 resolution.
 
-Layout (ours follows the issue's spec; see docs/_models_atonet.md for each choice):
+Layout (ours follows the issue's spec; see docs/models.md for each choice):
 
 * encoder: ResNet-18 (torchvision names), output stride 32;
 * SPP on layer4: 1x1 conv 512->512, then per bin b in (8, 4, 2) an average pool to
@@ -96,7 +96,7 @@ class _AuxHead(nn.Sequential):
 
 
 class ATONet(SegmentationModel):
-    """ATONet on ResNet-18; see the module docstring for the layout and docs/_models_atonet.md for the choices."""
+    """ATONet on ResNet-18; see the module docstring for the layout and docs/models.md for the choices."""
 
     def __init__(self, num_classes: int = 19, decoder_channels: int = 128, aux: bool = True,
                  dropout: float = 0.1, output_stride: int = 32):

@@ -2,7 +2,7 @@
 deep supervision, trained from scratch. Two configurations (95K and 211K parameters).
 
 The paper's text was not available to us; the structure follows the project's issue 2 spec and every
-choice the paper would fix is written down in ``docs/_models_mininet.md``. In short:
+choice the paper would fix is written down in ``docs/models.md``. In short:
 
 * encoder: 4 stages at 1/2, 1/4, 1/8, 1/16 of the input, channels C and block counts P per config;
   each stage starts with an SPP downsampling module (max-pool branch + strided conv branch,

@@ -2,7 +2,7 @@
 encoder, classified at 1/8 and upsampled x8 bilinearly. No decoder, no auxiliary outputs.
 
 Layout (the paper's Table I, as given in the project's issue 2; the paper's text was not available
-to us, choices are listed in ``docs/_models_rdsnet.md``):
+to us, choices are listed in ``docs/models.md``):
 
 =====================  ===========  ==========
 layer                  output ch    stride
