@@ -2,6 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?=
+ITERS ?=
 # torch is installed first from the constraints file: resolving a bare `torch` pulls the CUDA build.
 $(BIN)/lightseg: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +18,7 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 demo: venv
-	$(BIN)/python -m lightseg.demo $(if $(DATA),--data $(DATA),)
+	$(BIN)/python -m lightseg.demo $(if $(DATA),--data $(DATA),) $(if $(ITERS),--iters $(ITERS),)
 
 clean:
 	rm -rf $(VENV) runs/demo
