@@ -26,9 +26,9 @@ def _env():
     return env
 
 
-def _start(recipe, *extra):
+def _start(recipe, *extra, new_session=False):
     return subprocess.Popen([sys.executable, "-m", "lightseg", "train", str(recipe), *extra], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=new_session)
 
 
 def _wait_for_iter(run_dir, proc, at_least, timeout=180):
@@ -81,16 +81,22 @@ def _resume_and_compare(recipe, run_dir, reference_ckpt):
     assert iters == list(range(1, ITERS + 1))
 
 
-def test_sigterm_mid_run_saves_and_resumes_exactly_with_workers(tmp_path, reference):
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_mid_run_saves_and_resumes_exactly_with_workers(tmp_path, reference, to_group):
+    """SIGTERM to the trainer alone, and to its whole process group (what Ctrl-C and batch schedulers do:
+    the DataLoader workers get it too and must not bring the trainer down before it saves)."""
     data, ref = reference
     # two DataLoader workers here, none in the reference: the data order and augmentation do not depend on them
     recipe = tiny_recipe(tmp_path, data, iters=ITERS, extra="  seed: 0")
     cfg_text = recipe.read_text().replace("num_workers: 0", "num_workers: 2")
     recipe.write_text(cfg_text)
     run_dir = tmp_path / "run"
-    proc = _start(recipe)
+    proc = _start(recipe, new_session=to_group)
     seen = _wait_for_iter(run_dir, proc, 5)
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-3000:]
     assert "SIGTERM" in err and f"--resume {run_dir}" in err and "Traceback" not in err

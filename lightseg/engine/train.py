@@ -188,8 +188,13 @@ def collate_with_bad(batch):
 
 
 def _worker_init(worker_id: int) -> None:
+    # Ctrl-C (SIGINT to the terminal's process group) and schedulers' SIGTERM to the job's process group
+    # reach the DataLoader workers too: a worker that died of it made the trainer crash without saving.
+    # Workers ignore them; the main process finishes the iteration, saves last.pt and shuts them down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Every sample reseeds the generators (SeededSamples); this only keeps libraries that keep their
-    # own state (the data package's hook, e.g. OpenCV threads) in a known state.
+    # own state (the data package's hook) in a known state.
     try:
         from ..data import worker_init_fn
     except ImportError:
