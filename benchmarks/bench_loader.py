@@ -3,7 +3,7 @@ training DataLoader delivers with a recipe's augmentation and (b) the images/s o
 steps (batch 8, forward + backward + Adam, channels_last as the trainer uses), and writes both to
 benchmarks/results/loader.json. The loader must sustain at least twice the training step rate.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_loader.py [--data ../shared/data/camvid]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_loader.py [--data ../shared/data/camvid]   (from the checkout root)
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from _common import conditions, save
+from _common import conditions, save  # noqa: E402 (run from the checkout root or benchmarks/)
 
 from lightseg import create_model
 from lightseg.config import load_config
