@@ -117,6 +117,17 @@ def read_pair_list(list_file: Path, resolve) -> list[tuple[Path, Path]]:
     return files
 
 
+def pair_by_stem(images, label_for) -> list[tuple[Path, Path]]:
+    """Pair each image (sorted) with ``label_for(image_path)``; a missing label is a DataError naming both."""
+    files = []
+    for img in sorted(images):
+        lbl = label_for(img)
+        if not lbl.is_file():
+            raise DataError(f"image {img} has no label {lbl}; add the label or remove the image")
+        files.append((img, lbl))
+    return files
+
+
 def layout_error(root, what: str, tree: str) -> DataError:
     return DataError(f"{what} under dataset root {root}. Expected layout:\n{tree.rstrip()}\n"
                      "Set data.root (or --data-root) to the folder that contains this tree.")

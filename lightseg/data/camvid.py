@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error, read_pair_list
+from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error, pair_by_stem, read_pair_list
 from .classes import CAMVID_CLASSES, CAMVID_PALETTE, IGNORE_INDEX, camvid32_colour_to_train_id
 
 CAMVID_LAYOUT = """\
@@ -50,12 +50,8 @@ def list_segnet_split(root: Path, split: str, layout: str):
     if not image_dir.is_dir() or not label_dir.is_dir():
         raise layout_error(root, f"split '{split}': neither {list_file.name} nor {split}/ and {split}annot/ found",
                            layout)
-    files = []
-    for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-        lbl = label_dir / (img.stem + ".png")
-        if not lbl.is_file():
-            raise DataError(f"image {img} has no label {lbl}; add the label or remove the image")
-        files.append((img, lbl))
+    files = pair_by_stem((p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                         lambda img: label_dir / (img.stem + ".png"))
     if not files:
         raise layout_error(root, f"no images in {image_dir}", layout)
     return files
@@ -108,12 +104,8 @@ class CamVid32(SegmentationDataset):
         image_dir, label_dir = self.root / split, self.root / f"{split}_labels"
         if not image_dir.is_dir() or not label_dir.is_dir():
             raise layout_error(self.root, f"split '{split}': {split}/ or {split}_labels/ not found", CAMVID32_LAYOUT)
-        files = []
-        for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-            lbl = label_dir / f"{img.stem}_L.png"
-            if not lbl.is_file():
-                raise DataError(f"image {img} has no label {lbl}; add the label or remove the image")
-            files.append((img, lbl))
+        files = pair_by_stem((p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                             lambda img: label_dir / f"{img.stem}_L.png")
         if not files:
             raise layout_error(self.root, f"no images in {image_dir}", CAMVID32_LAYOUT)
         super().__init__(files, CAMVID_CLASSES, CAMVID_PALETTE, normalize, transform)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error, read_pair_list
+from .base import IMAGE_EXTENSIONS, SegmentationDataset, check_pairs, layout_error, pair_by_stem, read_pair_list
 from .classes import IGNORE_INDEX, generate_palette
 
 FOLDER_LAYOUT = """\
@@ -72,12 +72,8 @@ class FolderDataset(SegmentationDataset):
         for d in (image_dir, label_dir):
             if not d.is_dir():
                 raise layout_error(self.root, f"no folder {d}", FOLDER_LAYOUT)
-        files = []
-        for img in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-            lbl = label_dir / (img.stem + ".png")
-            if not lbl.is_file():
-                raise DataError(f"image {img} has no label {lbl}; add the label (same name, .png) or remove the image")
-            files.append((img, lbl))
+        files = pair_by_stem((p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                             lambda img: label_dir / (img.stem + ".png"))
         if not files:
             raise layout_error(self.root, f"no images in {image_dir}", FOLDER_LAYOUT)
         return files

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import SegmentationDataset, layout_error
+from .base import SegmentationDataset, layout_error, pair_by_stem
 from .classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, MAPILLARY_V12_CLASSES, mapillary_label_lut
 
 MAPILLARY_LAYOUT = """\
@@ -59,12 +59,7 @@ class Mapillary(SegmentationDataset):
         if not image_dir.is_dir() or not label_dir.is_dir():
             raise layout_error(self.root, f"split '{split}': no folders {folder}/images and {folder}/labels",
                                MAPILLARY_LAYOUT)
-        files = []
-        for img in sorted(image_dir.glob("*.jpg")):
-            lbl = label_dir / (img.stem + ".png")
-            if not lbl.is_file():
-                raise DataError(f"image {img} has no label {lbl}; restore it or remove the image")
-            files.append((img, lbl))
+        files = pair_by_stem(image_dir.glob("*.jpg"), lambda img: label_dir / (img.stem + ".png"))
         if not files:
             raise layout_error(self.root, f"no .jpg images in {image_dir}", MAPILLARY_LAYOUT)
         super().__init__(files, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, normalize, transform)

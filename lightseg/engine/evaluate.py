@@ -27,6 +27,7 @@ from ..data.classes import (
     cityscapes_label_lut,
 )
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
+from ..viz import save_png
 from ..metrics import ConfusionMatrix, format_table
 from ..models.base import resize_to
 
@@ -71,15 +72,6 @@ def _encode_prediction(pred: np.ndarray, cityscapes: bool) -> np.ndarray:
         lut[: len(CITYSCAPES_TRAINID_TO_LABELID)] = CITYSCAPES_TRAINID_TO_LABELID
         return lut[pred]
     return pred
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        raise DataError(f"{path}: could not encode the prediction PNG")
-    atomic_write_bytes(path, lambda f: f.write(buf.tobytes()))
 
 
 def _prediction_name(dataset, index: int) -> str:
@@ -149,7 +141,7 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
                 cm.update(pred, labels)
                 if out_dir is not None:
                     for i, p in zip(idx, pred.to(torch.uint8).cpu().numpy()):
-                        _write_png(out_dir / _prediction_name(dataset, i), _encode_prediction(p, cityscapes))
+                        save_png(out_dir / _prediction_name(dataset, i), _encode_prediction(p, cityscapes))
                 if bar is not None:
                     bar.update(len(idx))
     finally:
