@@ -51,6 +51,9 @@ def cmd_eval(args):
         as_json=args.json,
         output=args.output,
         save_predictions=args.save_predictions,
+        backend=args.backend,
+        calibration=args.calib,
+        calibration_count=args.calib_count,
     )
 
 
@@ -86,6 +89,13 @@ def cmd_plot(args):
 
 
 # ---------------------------------------------------------------- parser
+def _add_calibration_args(s):
+    s.add_argument("--calib", default=None, metavar="DIR",
+                   help="int8 only: a folder of images like those the model will see, to calibrate the int8 ranges "
+                        "(default: the synthetic street scenes, fine for timing, not for accuracy)")
+    s.add_argument("--calib-count", type=int, default=None, metavar="N", help="int8 only: calibration images used (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightseg", description="Lightweight real-time semantic segmentation.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
@@ -111,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None)
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
+    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
+                   help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX: see lightseg bench)")
+    _add_calibration_args(s)
     s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     s.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     s.add_argument("--output", default=None, help="where to write metrics JSON (default: next to the checkpoint)")
@@ -131,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"))
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "all"])
+    s.add_argument("--backend", default="eager", choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "all"],
+                   help="eager_nchw: the model as written; eager: BN folded + channels_last; compile: torch.compile; "
+                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); all: each of them")
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     s.add_argument("--warmup", type=int, default=None)
     s.add_argument("--runs", type=int, default=None)
@@ -145,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=None)
     s.add_argument("--size", nargs=2, type=int, required=True, metavar=("H", "W"))
     s.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    s.add_argument("--int8", action="store_true", help="quantise to int8 (static, calibrated; CPU deployment)")
+    _add_calibration_args(s)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_export)
 
@@ -153,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--input", required=True)
     s.add_argument("--output", default="predictions")
-    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime"])
+    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"])
     s.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
+    _add_calibration_args(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("plot", help="loss, learning rate and mIoU curves of a run as a PNG")

@@ -86,15 +86,16 @@ def test_share_of_peak_and_table(monkeypatch, capsys):
     assert main(["bench", "--model", "rdsnet", "--size", "64", "64", "--backend", "all", "--warmup", "0", "--runs", "2", "--peak", "--json"]) == 0
     out = capsys.readouterr().out
     records = json.loads(out)  # nothing but the JSON on stdout
-    assert [r["backend"] for r in records] == ["eager_nchw", "eager", "compile", "onnxruntime"]
+    assert [r["backend"] for r in records] == ["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8"]
     for r in records:
         for key in ["model", "backend", "size", "params", "macs", "latency_ms_median", "latency_ms_p90", "fps"]:
             assert key in r
-        assert r["share_of_conv_peak"] == pytest.approx(r["achieved_gflops"] / 200.0, abs=1e-4)
+        assert r["share_of_conv_peak"] == pytest.approx(r["achieved_gflops"] / 200.0, rel=1e-3)  # both rounded to 4 digits
         assert r["speedup_vs_eager_nchw"] == pytest.approx(records[0]["latency_ms_median"] / r["latency_ms_median"], rel=0.01)
         assert r["macs"] == records[0]["macs"] and r["paper_hardware"] == lightseg.model_info("rdsnet").paper_hardware
     table = format_table(records, zoo=True)
     assert "FLOPs = 2 x MACs" in table and "not comparable" in table and "1.00x" in table
+    assert "onnxruntime_int8: int8 static quantisation" in table  # the int8 row is labelled as a different model
 
 
 def test_bench_errors_exit_2(capsys):
@@ -120,7 +121,8 @@ def test_all_models_uses_paper_sizes(monkeypatch, capsys):
     monkeypatch.setattr(bench, "benchmark", fake)
     assert main(["bench", "--all-models", "--backend", "all"]) == 0
     names = lightseg.list_models()
-    # the zoo table compares eager NCHW with ONNX Runtime, each model at its paper's resolution
-    assert seen == [(n, tuple(lightseg.model_info(n).paper_size), b) for n in names for b in ("eager_nchw", "onnxruntime")]
+    # the zoo table compares eager NCHW with the two ONNX Runtime paths, each model at its paper's resolution
+    assert seen == [(n, tuple(lightseg.model_info(n).paper_size), b) for n in names
+                    for b in ("eager_nchw", "onnxruntime", "onnxruntime_int8")]
     out = capsys.readouterr().out
     assert "paper FPS" in out and "not comparable" in out and "adaptive" in out

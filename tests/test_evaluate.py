@@ -296,6 +296,20 @@ def test_eval_command_round_trip_with_score(tmp_path, capsys):
     assert scored["confusion_matrix"] == report["confusion_matrix"]
     assert scored["category_iou"] == report["category_iou"]
 
+    # the deployment paths evaluate through the same command: fp32 ONNX gives the eager confusion matrix,
+    # int8 (calibrated on the images) runs and says what it is; each writes its own metrics file
+    assert main([*argv[:-2], "--backend", "onnxruntime"]) == 0
+    onnx_report = json.loads(capsys.readouterr().out)
+    assert onnx_report["backend"] == "onnxruntime" and onnx_report["confusion_matrix"] == report["confusion_matrix"]
+    assert (tmp_path / "run" / "metrics_onnxruntime.json").is_file()
+    assert main([*argv[:-2], "--backend", "onnxruntime_int8", "--calib", str(root / "leftImg8bit"), "--calib-count", "2"]) == 0
+    int8_report = json.loads(capsys.readouterr().out)
+    assert int8_report["backend"] == "onnxruntime_int8" and int8_report["calibration"] == str(root / "leftImg8bit")
+    assert sum(map(sum, int8_report["confusion_matrix"])) == sum(map(sum, report["confusion_matrix"]))
+    assert json.loads((tmp_path / "run" / "metrics_onnxruntime_int8.json").read_text()) == int8_report
+    assert main([*argv[:-2], "--calib", str(root)]) == 2  # calibration belongs to the int8 backend
+    assert "--backend onnxruntime_int8" in capsys.readouterr().err
+
     # a checkpoint of another model is refused with both names, exit code 2
     save_checkpoint({"model": model.state_dict(), "model_name": "mininet_211k"}, tmp_path / "other.pt")
     argv[3] = str(tmp_path / "other.pt")

@@ -10,6 +10,7 @@ from lightseg.cli import main
 from lightseg.data.base import NORMALIZATIONS
 from lightseg.data.classes import CAMVID_CLASSES, CAMVID_PALETTE
 from lightseg.deploy.predict import predict
+from lightseg.errors import LightsegError
 
 MODEL = "dualaspp_mobilenetv3_small"  # the smallest registered model: fast at these sizes
 
@@ -81,6 +82,14 @@ def test_folder_both_backends_same_labels_and_nothing_deleted(trained, tmp_path)
     for e, o in zip(labels["eager"], labels["onnxruntime"]):
         np.testing.assert_array_equal(e, o)
     assert (out / "keep.txt").read_text() == "mine"
+    # int8, calibrated on the folder itself: same outputs written, labels mostly those of fp32
+    s = predict(MODEL, ckpt, src, out / "int8", backend="onnxruntime_int8", size=(64, 96), calibration=src)
+    assert s["images"] == 2 and s["backend"] == "onnxruntime_int8"
+    for stem, e in zip("ab", labels["eager"]):
+        q = cv2.imread(str(out / "int8" / f"{stem}_label.png"), cv2.IMREAD_UNCHANGED)
+        assert q.shape == e.shape and (q == e).mean() > 0.8
+    with pytest.raises(LightsegError, match="onnxruntime_int8"):
+        predict(MODEL, ckpt, src, out / "x", backend="onnxruntime", calibration=src)
 
 
 def test_video_annotated_and_readable(trained, tmp_path, capsys):

@@ -34,6 +34,7 @@ assert CAMVID_CLASSES[BICYCLIST] == "Bicyclist" and CAMVID_CLASSES[SIGN] == "Sig
 GENERATOR_VERSION = 1  # bump when the rendered pixels change, so old marker files no longer match
 MARKER_NAME = ".lightseg_synthetic.json"
 _SPLIT_CODES = {"train": 0, "val": 1}  # seeds of the two splits differ in this word: disjoint streams
+_STREAM_CODES = {**_SPLIT_CODES, "calibration": 2}  # + int8 calibration scenes (lightseg.deploy.quantize)
 
 # RGB colours. Buildings, cars and clothes draw from overlapping lists so that colour alone
 # does not give the class away.
@@ -728,7 +729,7 @@ def render_scene(rng: np.random.Generator, size=(360, 480)):
 
 def scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
     """The seed of scene ``index`` of ``split``: train and val streams never overlap."""
-    return np.random.SeedSequence([int(seed), _SPLIT_CODES[split], int(index)])
+    return np.random.SeedSequence([int(seed), _STREAM_CODES[split], int(index)])
 
 
 def _encode_png(array, path):

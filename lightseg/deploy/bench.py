@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import LightsegError
-from .runtime import BACKENDS, Runtime, resolve_device, resolve_dtype
+from .runtime import BACKENDS, ONNX_BACKENDS, Runtime, resolve_device, resolve_dtype
 
 PAPER_HARDWARE_NOTE = "paper FPS were measured on the papers' own hardware (GPU), not comparable with this machine"
 # --all-models must finish in < 10 minutes on a 2-core CPU: a time budget per (model, backend).
@@ -240,14 +240,14 @@ def _fmt(v, spec, dash="-"):
 
 
 def format_table(records, zoo=False) -> str:
-    head = (f"{'model':30s} {'backend':11s} {'input':>9s} {'params(M)':>9s} {'GMACs':>7s} {'median ms':>9s} "
+    head = (f"{'model':30s} {'backend':16s} {'input':>9s} {'params(M)':>9s} {'GMACs':>7s} {'median ms':>9s} "
             f"{'p90 ms':>8s} {'FPS':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'mem MB':>7s} {'speed-up':>8s}")
     if zoo:
         head += f" {'paper FPS':>9s}  paper hardware"
     lines = [head, "-" * len(head)]
     for r in records:
         share = r.get("share_of_conv_peak")
-        line = (f"{r['model'][:30]:30s} {r['backend']:11s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['params'] / 1e6:9.3f} "
+        line = (f"{r['model'][:30]:30s} {r['backend']:16s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['params'] / 1e6:9.3f} "
                 f"{r['macs'] / 1e9:7.2f} {r['latency_ms_median']:9.1f} {r['latency_ms_p90']:8.1f} {r['fps']:7.2f} "
                 f"{r['achieved_gflops']:8.1f} {_fmt(None if share is None else 100 * share, '6.1f'):>6s} "
                 f"{_fmt(r.get('peak_mem_mb'), '7.0f'):>7s} {_fmt(r.get('speedup_vs_eager_nchw'), '7.2f') + ('x' if r.get('speedup_vs_eager_nchw') else ''):>8s}")
@@ -256,6 +256,9 @@ def format_table(records, zoo=False) -> str:
         lines.append(line)
     lines.append("MACs = multiply-accumulates (conv + linear), FLOPs = 2 x MACs; GFLOP/s = FLOPs / median latency; "
                  "%peak = share of this machine's 3x3-conv peak (--peak); speed-up vs eager_nchw.")
+    if any(r["backend"] == "onnxruntime_int8" for r in records):
+        lines.append("onnxruntime_int8: int8 static quantisation calibrated on synthetic scenes (GFLOP/s counts its int8 "
+                     "MACs like fp32 ones); a different numerical model: check its accuracy with lightseg eval --backend onnxruntime_int8.")
     if zoo:
         lines.append("paper FPS: " + PAPER_HARDWARE_NOTE + "; each model runs at its paper's input size.")
     return "\n".join(lines)
@@ -280,14 +283,16 @@ def bench_command(args) -> list:
         raise LightsegError(f"--batch must be >= 1, got {args.batch}")
     resolve_device(args.device)
     if args.backend == "all":
-        backends = list(BACKENDS) if not args.all_models else ["eager_nchw", "onnxruntime"]
+        backends = list(BACKENDS) if not args.all_models else ["eager_nchw", "onnxruntime", "onnxruntime_int8"]
+        if args.device == "cuda":
+            backends.remove("onnxruntime_int8")  # a CPU path (VNNI); Runtime refuses it on CUDA
     else:
         backends = [args.backend]
-    if args.dtype != "float32" and "onnxruntime" in backends:
+    if args.dtype != "float32" and any(b in ONNX_BACKENDS for b in backends):
         if args.backend == "all":
-            backends.remove("onnxruntime")
+            backends = [b for b in backends if b not in ONNX_BACKENDS]
         else:
-            raise LightsegError("the onnxruntime backend runs float32 only; drop --dtype or use --backend eager")
+            raise LightsegError(f"the {args.backend} backend runs float32 only; drop --dtype or use --backend eager")
 
     peak = None
     if args.peak:

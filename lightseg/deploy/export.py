@@ -1,7 +1,7 @@
 """ONNX export with a parity check against PyTorch.
 
-``export_onnx`` puts the model in eval mode, folds BatchNorm into the convolutions
-(:mod:`lightseg.deploy.fuse`), exports with the TorchScript-based exporter (``dynamo=False``: the most
+``export_onnx`` puts the model in eval mode, folds BatchNorm into the convolutions and applies the
+models' exact inference rewrites (:mod:`lightseg.deploy.fuse`), exports with the TorchScript-based exporter (``dynamo=False``: the most
 reliable one for these conv nets, and the dynamo exporter needs ``onnxscript``), writes the file
 atomically, then runs it under ONNX Runtime and compares with the unfused PyTorch model.
 """
@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LightsegError
-from .fuse import fuse_conv_bn
+from .fuse import prepare_for_inference
 
 # Parity thresholds of the project (issue 4): logits within 1e-3, argmax equal on >= 99.9% of pixels.
 PARITY_MAX_ABS = 1e-3
@@ -41,7 +41,7 @@ def export_to_bytes(model: nn.Module, input_size, dynamic=False, opset=17, batch
     h, w = _check_size(input_size)
     model = copy.deepcopy(model).cpu().float().eval()
     if fuse:
-        model = fuse_conv_bn(model, inplace=True)
+        model = prepare_for_inference(model, input_size=(h, w), for_onnx=True, static_shape=not dynamic)
     example = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
     dynamic_axes = None
     if dynamic:
@@ -83,10 +83,11 @@ def ort_session(model_bytes_or_path, device="cpu", num_threads=None):
     return ort.InferenceSession(src, sess_options=opts, providers=providers)
 
 
-def parity(model: nn.Module, session, input_size, batch=1, seed=0) -> dict:
-    """Compare ``session`` with the (unfused, eval-mode) PyTorch ``model`` on one random input."""
+def parity(model: nn.Module, session, input_size, batch=1, seed=0, x=None) -> dict:
+    """Compare ``session`` with the (unfused, eval-mode) PyTorch ``model`` on one random input (or ``x``)."""
     h, w = input_size
-    x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    if x is None:
+        x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
     was_training = model.training
     model.eval()
     try:
@@ -104,22 +105,42 @@ def parity(model: nn.Module, session, input_size, batch=1, seed=0) -> dict:
     return {"size": [h, w], "batch": batch, "shape_ok": True, "max_abs_diff": diff, "argmax_agreement": agree, "ok": ok}
 
 
-def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, opset=17, check=True, verbose=True) -> dict:
+def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, opset=17, check=True, verbose=True,
+                int8=False, calibration=None, calibration_count=None, normalize="imagenet") -> dict:
     """Export ``model`` to ``path`` (atomic write) and check ONNX Runtime against PyTorch.
 
     Returns ``{"path", "input_size", "dynamic", "opset", "bytes", "export_s", "checks": [...],
     "max_abs_diff", "argmax_agreement", "ok"}``; one check at ``input_size``, and for a dynamic
     export a second one at another size and batch 2 (the point of dynamic axes).
+
+    ``int8``: quantise (:mod:`.quantize`) with ranges from ``calibration`` (a folder of images, or
+    ``None`` for synthetic scenes; ``normalize`` as in training). The int8 model cannot meet the fp32
+    tolerance: its check compares with PyTorch on a calibration image and is reported, not enforced
+    (``ok`` is true when shapes match); measure accuracy with ``lightseg eval --backend onnxruntime_int8``.
     """
     from ..checkpoint import atomic_write_bytes
 
     h, w = _check_size(input_size)
     t0 = time.perf_counter()
     data = export_to_bytes(model, (h, w), dynamic=dynamic, opset=opset)
+    images = None
+    if int8:
+        from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_onnx
+
+        images = calibration_images(calibration, (h, w), calibration_count or DEFAULT_CALIBRATION_COUNT, normalize=normalize)
+        data = quantize_onnx(data, images)
     path = atomic_write_bytes(path, lambda f: f.write(data))
-    result = {"path": str(path), "input_size": [h, w], "dynamic": bool(dynamic), "opset": opset,
+    result = {"path": str(path), "input_size": [h, w], "dynamic": bool(dynamic), "opset": opset, "int8": bool(int8),
               "bytes": len(data), "export_s": time.perf_counter() - t0, "checks": []}
-    if check:
+    if check and int8:
+        c = parity(model, ort_session(data), (h, w), x=torch.from_numpy(images[0][None]))
+        c["ok"] = c["shape_ok"]
+        result.update(checks=[c], max_abs_diff=c["max_abs_diff"], argmax_agreement=c["argmax_agreement"], ok=c["ok"])
+        if verbose:
+            print(f"int8 vs PyTorch fp32 on a calibration image: max |logit diff| {c['max_abs_diff']:.2e}, argmax agreement "
+                  f"{c['argmax_agreement']:.2f}% (quantised: reported, not held to the fp32 tolerance; "
+                  "measure accuracy with lightseg eval --backend onnxruntime_int8)")
+    elif check:
         session = ort_session(data)
         result["checks"].append(parity(model, session, (h, w)))
         if dynamic:
@@ -141,10 +162,15 @@ def export_command(args) -> dict:
     """``lightseg export --model NAME [--checkpoint CKPT] [--num-classes N] --size H W [--dynamic] -o model.onnx``."""
     from .runtime import load_model
 
-    model, _ = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes)
-    result = export_onnx(model, args.output, input_size=tuple(args.size), dynamic=args.dynamic)
+    from .predict import _normalization
+
+    if not args.int8 and (args.calib or args.calib_count):
+        raise LightsegError("--calib and --calib-count calibrate int8 quantisation; add --int8 or drop them")
+    model, ckpt = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes)
+    result = export_onnx(model, args.output, input_size=tuple(args.size), dynamic=args.dynamic, int8=args.int8,
+                         calibration=args.calib, calibration_count=args.calib_count, normalize=_normalization(ckpt)[0])
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, opset {result['opset']}, "
-          f"{'dynamic batch/H/W' if args.dynamic else 'static shape'}) in {result['export_s']:.1f} s")
+          f"{'dynamic batch/H/W' if args.dynamic else 'static shape'}{', int8' if args.int8 else ''}) in {result['export_s']:.1f} s")
     if not result.get("ok", True):
         raise RuntimeError(f"{args.model}: ONNX Runtime output differs from PyTorch beyond the tolerance "
                            f"(max abs {PARITY_MAX_ABS}, argmax agreement {PARITY_MIN_AGREEMENT}%); see the parity lines above")

@@ -169,7 +169,8 @@ def _predict_video(segmenter, path, out_dir, classes, palette, backend):
     return [str(out_path)], frames
 
 
-def predict(model_name, checkpoint, input_path, output_dir="predictions", backend="eager", size=None, device="cpu") -> dict:
+def predict(model_name, checkpoint, input_path, output_dir="predictions", backend="eager", size=None, device="cpu",
+            calibration=None, calibration_count=None) -> dict:
     """Segment ``input_path`` (image, folder of images, or video) and write the results to ``output_dir``.
 
     ``size``: (H, W) to resize inputs to before the model (predictions come back at the input's size).
@@ -191,7 +192,10 @@ def predict(model_name, checkpoint, input_path, output_dir="predictions", backen
         raise CheckpointError(f"{checkpoint}: {len(classes)} class names and {len(palette)} palette colours "
                               f"for a {num_classes}-class model; the checkpoint's metadata is inconsistent")
     norm_name, mean, std = _normalization(ckpt)
-    runtime = Runtime(model, backend=backend, device=device, input_size=size)
+    if backend != "onnxruntime_int8" and (calibration or calibration_count):
+        raise LightsegError("--calib and --calib-count calibrate int8 quantisation; use --backend onnxruntime_int8 or drop them")
+    runtime = Runtime(model, backend=backend, device=device, input_size=size, calibration=calibration,
+                      calibration_count=calibration_count, normalize=norm_name)
     segmenter = Segmenter(runtime, mean, std, size=size)
 
     out_dir = Path(output_dir)
@@ -215,7 +219,7 @@ def predict(model_name, checkpoint, input_path, output_dir="predictions", backen
 
 def predict_command(args) -> dict:
     summary = predict(args.model, args.checkpoint, args.input, output_dir=args.output, backend=args.backend,
-                      size=tuple(args.size) if args.size else None)
+                      size=tuple(args.size) if args.size else None, calibration=args.calib, calibration_count=args.calib_count)
     what = f"{summary['images']} image(s)" if summary["kind"] == "images" else f"{summary['frames']} video frame(s)"
     speed = f", model {summary['mean_latency_ms']:.1f} ms/frame ({summary['fps']:.1f} FPS)" if summary["mean_latency_ms"] else ""
     print(f"segmented {what} with {summary['model']} ({summary['backend']}){speed}; "

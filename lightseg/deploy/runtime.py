@@ -10,6 +10,9 @@ Backends (all return float32 logits (N, C, H, W) as a torch tensor):
 * ``onnxruntime``: exported to ONNX (static shape; one export per input shape, cached), run with
   ``ORT_ENABLE_ALL`` graph optimisation and one intra-op thread per core; CUDAExecutionProvider
   for ``device="cuda"``. A path to an ``.onnx`` file is run as is.
+* ``onnxruntime_int8``: the same ONNX model quantised to int8 (:mod:`.quantize`: static, calibrated on
+  ``calibration`` images, a folder, or the synthetic scenes when none is given). A different numerical
+  model: measure its accuracy (``lightseg eval --backend onnxruntime_int8``) before deploying it.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, LightsegError
 
-BACKENDS = ("eager_nchw", "eager", "compile", "onnxruntime")
+BACKENDS = ("eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8")
+ONNX_BACKENDS = ("onnxruntime", "onnxruntime_int8")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -49,10 +53,13 @@ class Runtime:
     ``model``: an ``nn.Module`` or the path of an ``.onnx`` file (``onnxruntime`` backend only).
     ``input_size``: (H, W) the runtime will mostly see; used for the ONNX export and fusion probe.
     ``channels_last``: ``None`` = on for the ``eager``/``compile`` backends (see module docstring).
+    ``calibration``, ``calibration_count``, ``normalize``: int8 only; the calibration images (a folder,
+    or ``None`` for synthetic scenes), how many, and the normalisation the model was trained with.
     """
 
     def __init__(self, model, backend="eager", device="cpu", input_size=None, dtype="float32",
-                 channels_last=None, num_threads=None, max_sessions=4):
+                 channels_last=None, num_threads=None, max_sessions=4, calibration=None,
+                 calibration_count=None, normalize="imagenet"):
         if backend not in BACKENDS:
             raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
         self.backend = backend
@@ -63,11 +70,14 @@ class Runtime:
         self._sessions: OrderedDict = OrderedDict()
         self._max_sessions = max_sessions
         self.onnx_path = None
+        self.calibration, self.normalize = calibration, normalize
+        self.calibration_count = calibration_count
 
         if isinstance(model, (str, Path)):
             path = Path(model)
             if backend != "onnxruntime":
-                raise LightsegError(f"{path}: an ONNX file can only run with backend 'onnxruntime', not {backend!r}")
+                raise LightsegError(f"{path}: an ONNX file runs as it is with backend 'onnxruntime', not {backend!r} "
+                                    "(to quantise it, export it again with lightseg export --int8)")
             if not path.is_file():
                 raise LightsegError(f"ONNX file {str(path)!r} not found")
             self.onnx_path = path
@@ -77,9 +87,12 @@ class Runtime:
         else:
             raise TypeError(f"Runtime expects an nn.Module or an .onnx path, got {type(model).__name__}")
 
-        if backend == "onnxruntime":
+        if backend in ONNX_BACKENDS:
             if self.dtype != torch.float32:
-                raise LightsegError("the onnxruntime backend runs float32 only; drop --dtype or use an eager backend")
+                raise LightsegError(f"the {backend} backend runs float32 only; drop --dtype or use an eager backend")
+            if backend == "onnxruntime_int8" and self.device.type != "cpu":
+                raise LightsegError("onnxruntime_int8 is a CPU deployment path (int8 VNNI kernels); on CUDA use "
+                                    "--backend onnxruntime or an eager backend with --dtype float16")
             if self.onnx_path is not None:
                 from .export import ort_session
 
@@ -89,9 +102,9 @@ class Runtime:
         self.channels_last = backend != "eager_nchw" if channels_last is None else bool(channels_last)
         net = copy.deepcopy(model).eval()
         if backend != "eager_nchw":
-            from .fuse import fuse_conv_bn
+            from .fuse import prepare_for_inference
 
-            net = fuse_conv_bn(net, inplace=True)
+            net = prepare_for_inference(net)
         net = net.to(device=self.device, dtype=self.dtype)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -110,7 +123,15 @@ class Runtime:
 
             # Static shapes: every resize and pooling size is a constant ORT can plan around, and models
             # that compute sizes in Python (adaptive pooling by aspect ratio) stay exact.
-            data = export_to_bytes(self.model, shape[2:], batch=shape[0])
+            # The export traces the model: it needs autograd-visible tensors even when called under inference_mode.
+            with torch.inference_mode(False):
+                data = export_to_bytes(self.model, shape[2:], batch=shape[0])
+            if self.backend == "onnxruntime_int8":
+                from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_onnx
+
+                images = calibration_images(self.calibration, shape[2:], self.calibration_count or DEFAULT_CALIBRATION_COUNT,
+                                            normalize=self.normalize)
+                data = quantize_onnx(data, images, batch=shape[0])
             self._sessions[key] = ort_session(data, device=self.device, num_threads=self.num_threads)
             if len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
@@ -119,13 +140,13 @@ class Runtime:
 
     def prepare(self, shape):
         """Build what a first call with input ``shape`` (N, 3, H, W) would build (the ONNX export)."""
-        if self.backend == "onnxruntime":
+        if self.backend in ONNX_BACKENDS:
             self._session_for(shape)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError(f"Runtime expects an (N, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
-        if self.backend == "onnxruntime":
+        if self.backend in ONNX_BACKENDS:
             session = self._session_for(images.shape)
             x = np.ascontiguousarray(images.detach().float().cpu().numpy())
             out = session.run(None, {session.get_inputs()[0].name: x})[0]

@@ -122,10 +122,13 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    was_training = model.training
-    # channels_last: the same numbers, far faster for these nets (mininet_211k at 360x480 on the 2-core
-    # CPU: 3.0 s per image NCHW vs 0.3 s channels_last, dilated depthwise convs being the slow NCHW path).
-    model.eval().to(device).to(memory_format=torch.channels_last)
+    # ``model`` may also be a deploy.Runtime (an inference backend), which needs no mode or layout.
+    is_module = isinstance(model, torch.nn.Module)
+    was_training = model.training if is_module else False
+    if is_module:
+        # channels_last: the same numbers, far faster for these nets (mininet_211k at 360x480 on the 2-core
+        # CPU: 3.0 s per image NCHW vs 0.3 s channels_last, dilated depthwise convs being the slow NCHW path).
+        model.eval().to(device).to(memory_format=torch.channels_last)
     cm = ConfusionMatrix(dataset.num_classes, getattr(dataset, "ignore_index", IGNORE_INDEX))
     bar = None
     if progress and rank == 0:
@@ -147,7 +150,8 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
+        if is_module:
+            model.train(was_training)
     if distributed:
         cm.all_reduce()
     report = cm.report(dataset.classes, cityscapes_categories() if cityscapes else None)
@@ -162,8 +166,13 @@ def _dump(report: dict) -> str:
 
 
 def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=(), flip=False, scales=None,
-                     as_json=False, output=None, save_predictions=None) -> dict:
-    """``lightseg eval``: evaluate a checkpoint on a split of the recipe's dataset; write metrics JSON."""
+                     as_json=False, output=None, save_predictions=None, backend="eager", calibration=None,
+                     calibration_count=None) -> dict:
+    """``lightseg eval``: evaluate a checkpoint on a split of the recipe's dataset; write metrics JSON.
+
+    ``backend``: ``eager`` (PyTorch) or a deployment path (``onnxruntime``, ``onnxruntime_int8`` with
+    ``calibration`` images), so what is deployed is what is measured.
+    """
     from .. import create_model
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..config import load_config
@@ -189,10 +198,18 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
     model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"], **(model_cfg.get("kwargs") or {}))
     load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
 
-    info = setup(cfg["train"].get("device", "auto"))
+    if backend != "onnxruntime_int8" and (calibration or calibration_count):
+        raise ConfigError("--calib and --calib-count calibrate int8 quantisation; use --backend onnxruntime_int8 or drop them")
+    info = setup(cfg["train"].get("device", "auto") if backend != "onnxruntime_int8" else "cpu")
+    runner = model
+    if backend != "eager":
+        from ..deploy.runtime import Runtime
+
+        runner = Runtime(model.eval(), backend=backend, device=info.device, calibration=calibration,
+                         calibration_count=calibration_count, normalize=data_cfg.get("normalize", "imagenet"))
     eval_cfg = cfg.get("eval", {})
     report = evaluate(
-        model, dataset, device=info.device,
+        runner, dataset, device=info.device,
         flip=bool(flip or eval_cfg.get("flip", False)),
         scales=tuple(scales or eval_cfg.get("scales") or (1.0,)),
         eval_size=data_cfg.get("eval_size"),
@@ -203,10 +220,13 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
         num_workers=int(data_cfg.get("num_workers", 0) or 0),
     )
     report = {"model": model_cfg["name"], "checkpoint": str(checkpoint), "dataset": data_cfg["name"],
-              "split": split_name, **report}
+              "split": split_name, "backend": backend, **report}
+    if backend == "onnxruntime_int8":
+        report["calibration"] = str(calibration) if calibration else "synthetic scenes"
     if not info.is_main:
         return report
-    out = Path(output) if output else Path(checkpoint).parent / ("metrics.json" if split == "val" else f"metrics_{split}.json")
+    suffix = "" if backend == "eager" else f"_{backend}"
+    out = Path(output) if output else Path(checkpoint).parent / (f"metrics{suffix}.json" if split == "val" else f"metrics_{split}{suffix}.json")
     text = _dump(report)
     atomic_write_bytes(out, lambda f: f.write(text.encode()))
     if as_json:

@@ -83,6 +83,39 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+class ConvPoolMerge(nn.Module):
+    """Inference form of a downsampling unit "conv branch beside a max-pool branch, merged (concatenated or
+    added), BatchNorm, activation" (ENet's initial block, MiniNet's SPP downsampling). The BN is folded into
+    the conv branch's last convolution and into a per-channel 1x1 convolution on the pool branch: the same
+    output without a float BN between convolutions, which would keep ONNX Runtime's int8 graph out of NHWC.
+    """
+
+    @torch.no_grad()
+    def __init__(self, conv: nn.Module, pool: nn.Module, bn: nn.BatchNorm2d, act: nn.Module, concat: bool = True):
+        super().__init__()
+        last = conv[-1] if isinstance(conv, nn.Sequential) else conv
+        if not isinstance(last, nn.Conv2d):
+            raise TypeError(f"ConvPoolMerge: the conv branch must end in a Conv2d, got {type(last).__name__}")
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        k = last.out_channels
+        pool_scale, pool_shift = (scale[k:], shift[k:]) if concat else (scale, torch.zeros_like(shift))
+        folded = nn.Conv2d(last.in_channels, k, last.kernel_size, last.stride, last.padding, last.dilation, last.groups,
+                           bias=True).to(last.weight.device)
+        folded.weight.copy_(last.weight * scale[:k].view(-1, 1, 1, 1))
+        folded.bias.copy_(shift[:k] + (last.bias * scale[:k] if last.bias is not None else 0))
+        self.conv = nn.Sequential(*list(conv)[:-1], folded) if isinstance(conv, nn.Sequential) else folded
+        c = pool_scale.numel()
+        self.pool_affine = nn.Conv2d(c, c, 1, groups=c, bias=True).to(last.weight.device)
+        self.pool_affine.weight.copy_(pool_scale.view(-1, 1, 1, 1))
+        self.pool_affine.bias.copy_(pool_shift)
+        self.pool, self.act, self.concat = pool, act, concat
+
+    def forward(self, x):
+        a, b = self.conv(x), self.pool_affine(self.pool(x))
+        return self.act(torch.cat([a, b], dim=1) if self.concat else a + b)
+
+
 class ChannelShuffle(nn.Module):
     def __init__(self, groups: int):
         super().__init__()

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .base import SegmentationModel, resize_to
+from .blocks import ConvPoolMerge
 from .registry import register_model
 
 __all__ = ["SPPDownsample", "ResidualBlock", "SPCBlock", "MiniNet", "mininet_95k", "mininet_211k"]
@@ -63,6 +64,10 @@ class SPPDownsample(nn.Module):
         conv, pool = self.conv(x), self.pool(x)
         y = torch.cat([conv, pool], dim=1) if self.concat else conv + pool
         return self.act(self.bn(y))
+
+    def reparameterize(self) -> nn.Module:
+        """Inference form (same output): BN folded into both branches (:class:`ConvPoolMerge`)."""
+        return ConvPoolMerge(self.conv, self.pool, self.bn, self.act, concat=self.concat)
 
 
 class ResidualBlock(nn.Module):

@@ -1,0 +1,232 @@
+"""Deployment rewrites (reparameterize, PReLU as convolutions, ceil_mode) and the int8 path (issue 4)."""
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+
+import lightseg
+from lightseg.cli import main
+from lightseg.data.base import NORMALIZATIONS
+from lightseg.deploy.export import export_onnx, export_to_bytes, ort_session
+from lightseg.deploy.fuse import PReLUAsConv, _pool_output_is_exact, prepare_for_inference
+from lightseg.deploy.quantize import calibration_images, quantize_onnx
+from lightseg.deploy.runtime import Runtime
+from lightseg.errors import LightsegError
+from lightseg.models.mininet import SPPDownsample
+from lightseg.models.rdsnet import RDSBlock
+
+
+def scramble(model, seed=0):
+    """Non-trivial BatchNorm statistics (negative scales too) and PReLU slopes outside [0, 1]: the rewrites
+    must be exact for any values, not only for the identity-like ones of a fresh model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(-1.5, 1.5, generator=g)
+                m.bias.uniform_(-0.3, 0.3, generator=g)
+            elif isinstance(m, nn.PReLU):
+                m.weight.uniform_(-0.5, 1.5, generator=g)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------- exact rewrites
+def test_prelu_as_conv_hand_values():
+    prelu = nn.PReLU(3)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([0.25, -0.5, 1.5]))
+    x = torch.tensor([-2.0, -1.0, 0.0, 3.0]).view(1, 1, 1, 4).repeat(1, 3, 1, 1)
+    expected = torch.tensor([[-0.5, -0.25, 0.0, 3.0], [1.0, 0.5, 0.0, 3.0], [-3.0, -1.5, 0.0, 3.0]]).view(1, 3, 1, 4)
+    torch.testing.assert_close(PReLUAsConv(prelu, 3)(x), expected)
+    shared = nn.PReLU()  # one slope for all channels
+    torch.testing.assert_close(PReLUAsConv(shared, 5)(x.repeat(1, 2, 1, 1)[:, :5]), shared(x.repeat(1, 2, 1, 1)[:, :5]))
+    with pytest.raises(ValueError, match="slopes"):
+        PReLUAsConv(prelu, 4)
+
+
+def test_pool_exactness_rule_matches_torch():
+    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 2, 0)]:
+        for n in range(6, 14):
+            x = torch.randn(1, 2, n, n + 1)
+            floor = nn.MaxPool2d(k, s, p, ceil_mode=False)
+            ceil = nn.MaxPool2d(k, s, p, ceil_mode=True)
+            same = floor(x).shape == ceil(x).shape and torch.equal(floor(x), ceil(x))
+            assert _pool_output_is_exact(ceil, x.shape) == same, (k, s, p, n)
+
+
+def test_rds_block_folds_its_shuffle():
+    block = scramble(RDSBlock(16, dilation=2))
+    x = torch.randn(2, 16, 12, 10)
+    with torch.no_grad():
+        ref = block(x)
+        assert block.reparameterize() is block and block.shuffle_groups == 1
+        torch.testing.assert_close(block(x), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cin,cout,separable", [(3, 16, False), (16, 32, True), (32, 32, True)])
+def test_spp_downsample_merge_is_exact(cin, cout, separable):
+    down = scramble(SPPDownsample(cin, cout, separable=separable))
+    x = torch.randn(2, cin, 15, 22)  # odd height: the pool's ceil_mode matters
+    with torch.no_grad():
+        ref = down(x)
+        merged = down.reparameterize()
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in merged.modules())
+        torch.testing.assert_close(merged(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rdsnet", "mininet_211k", "mininet_95k"])
+def test_prepare_for_inference_exact_and_complete(name):
+    model = scramble(lightseg.create_model(name, num_classes=7))
+    prepared = prepare_for_inference(model, input_size=(128, 192), for_onnx=True, static_shape=True)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.PReLU)) for m in prepared.modules() if name == "rdsnet")
+    assert not any(isinstance(m, nn.PReLU) for m in prepared.modules())
+    pools = [m for m in prepared.modules() if isinstance(m, nn.MaxPool2d)]
+    assert pools and not any(p.ceil_mode for p in pools)  # 128x192 halves evenly down to the last pool
+    x = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(x), model(x), atol=1e-4, rtol=1e-4)
+    # at a size with odd intermediate maps the pools that see them keep ceil_mode, and the result stays exact
+    odd = prepare_for_inference(model, input_size=(100, 150), for_onnx=True, static_shape=True)
+    assert any(m.ceil_mode for m in odd.modules() if isinstance(m, nn.MaxPool2d))
+    x = torch.randn(1, 3, 100, 150)
+    with torch.no_grad():
+        torch.testing.assert_close(odd(x), model(x), atol=1e-4, rtol=1e-4)
+    assert any(isinstance(m, nn.PReLU) for m in model.modules()) == name.startswith("mininet")  # original untouched
+
+
+def test_prepare_for_inference_refuses_a_wrong_rewrite():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+        def reparameterize(self):
+            return nn.Conv2d(3, 4, 3, padding=1)  # different weights: not the same function
+
+    with pytest.raises(RuntimeError, match="changed the output"):
+        prepare_for_inference(nn.Sequential(Broken()))
+
+
+# ---------------------------------------------------------------------- calibration
+def write_rgb(path, rgb):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR))
+
+
+def test_calibration_images_from_a_folder(tmp_path):
+    for i in range(5):
+        write_rgb(tmp_path / "imgs" / f"sub{i % 2}" / f"{i}.png", np.full((20, 30, 3), (10 * i, 100, 200)))
+    images = calibration_images(tmp_path / "imgs", size=(8, 12), count=3)
+    assert len(images) == 3 and all(im.shape == (3, 8, 12) and im.dtype == np.float32 for im in images)
+    mean, std = NORMALIZATIONS["imagenet"]
+    # sorted paths: sub0/0, sub0/2, sub0/4, sub1/1, sub1/3; three evenly spread -> 0, 4, 3
+    for im, i in zip(images, [0, 4, 3]):
+        expected = (np.array([10 * i, 100, 200]) - np.array(mean)) / np.array(std)
+        np.testing.assert_allclose(im[:, 4, 6], expected, rtol=1e-5)
+    minus = calibration_images(tmp_path / "imgs", size=(8, 12), count=1, normalize="minus_one_one")
+    np.testing.assert_allclose(minus[0][:, 0, 0], (np.array([0, 100, 200]) - 127.5) / 127.5, rtol=1e-5)
+    synthetic = calibration_images(None, size=(64, 96), count=2)
+    assert len(synthetic) == 2 and synthetic[0].shape == (3, 64, 96)
+    np.testing.assert_array_equal(synthetic[0], calibration_images(None, size=(64, 96), count=1)[0])  # deterministic
+
+
+def test_calibration_errors_name_the_path(tmp_path):
+    with pytest.raises(LightsegError, match="does not exist"):
+        calibration_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LightsegError, match="holds no images"):
+        calibration_images(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(LightsegError, match="broken.png"):
+        calibration_images(tmp_path / "bad")
+    with pytest.raises(LightsegError, match="count"):
+        calibration_images(None, count=0)
+
+
+# ---------------------------------------------------------------------- int8
+def node_types(model_bytes):
+    return [n.op_type for n in onnx.load_model_from_string(model_bytes).graph.node]
+
+
+def test_quantize_rdsnet_close_to_fp32():
+    model = scramble(lightseg.create_model("rdsnet", num_classes=5))
+    size = (96, 128)
+    fp32 = export_to_bytes(model, size)
+    calib = calibration_images(None, size, count=4)
+    int8 = quantize_onnx(fp32, calib)
+    types = node_types(int8)
+    assert types.count("QuantizeLinear") > 5 and types.count("DequantizeLinear") > 10  # QDQ around the convs
+    graph = onnx.load_model_from_string(int8).graph
+    resize = next(n for n in graph.node if n.op_type == "Resize")
+    producer = next(n for n in graph.node if resize.input[0] in n.output)
+    assert producer.op_type == "DequantizeLinear"  # the final upsampling runs in float, as documented
+    assert len(int8) < 0.5 * len(fp32)  # int8 weights
+    x = calib[1][None]
+    ref = ort_session(fp32).run(None, {"images": x})[0]
+    out = ort_session(int8).run(None, {"images": x})[0]
+    rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert rel < 0.1, rel  # quantisation noise, not a different function
+    assert (out.argmax(1) == ref.argmax(1)).mean() > 0.8
+
+
+def test_int8_runtime_batches_and_calibrates_per_shape():
+    model = scramble(lightseg.create_model("mininet_95k", num_classes=4))
+    rt = Runtime(model, backend="onnxruntime_int8", calibration_count=2)
+    x = torch.from_numpy(np.stack(calibration_images(None, (64, 96), count=2)))
+    out = rt(x)
+    with torch.no_grad():
+        ref = model(x)
+    assert out.shape == ref.shape == (2, 4, 64, 96) and out.dtype == torch.float32
+    assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 0.15
+    with pytest.raises(LightsegError, match="float32 only"):
+        Runtime(model, backend="onnxruntime_int8", dtype="float16")
+
+
+@pytest.mark.parametrize("name", lightseg.list_models())
+def test_every_model_quantizes_and_runs(name):
+    model = lightseg.create_model(name, num_classes=6).eval()
+    size = (96, 128)
+    int8 = quantize_onnx(export_to_bytes(model, size), calibration_images(None, size, count=1))
+    out = ort_session(int8).run(None, {"images": np.zeros((1, 3, *size), np.float32)})[0]
+    assert out.shape == (1, 6, *size) and np.isfinite(out).all()
+    assert "QLinearConv" in node_types(int8) or "DequantizeLinear" in node_types(int8)
+
+
+def test_export_int8_cli(tmp_path, capsys):
+    for i in range(3):
+        write_rgb(tmp_path / "calib" / f"{i}.jpg", np.random.default_rng(i).integers(0, 256, (40, 60, 3)))
+    out = tmp_path / "rds_int8.onnx"
+    assert main(["export", "--model", "rdsnet", "--num-classes", "5", "--size", "64", "96", "--int8",
+                 "--calib", str(tmp_path / "calib"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8 vs PyTorch fp32" in text and "argmax agreement" in text and "int8" in text.splitlines()[-1]
+    assert "DequantizeLinear" in node_types(out.read_bytes())
+    logits = Runtime(out, backend="onnxruntime")(torch.zeros(1, 3, 64, 96))  # the file runs as it is
+    assert logits.shape == (1, 5, 64, 96)
+    # calibration options without --int8, and a calibration folder that is not there: exit 2, nothing written
+    for argv, words in [(["--calib", str(tmp_path / "calib")], ["--int8"]),
+                        (["--int8", "--calib", str(tmp_path / "nope")], ["nope", "does not exist"])]:
+        target = tmp_path / "x.onnx"
+        assert main(["export", "--model", "rdsnet", "--size", "64", "96", *argv, "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "Traceback" not in err, err
+        assert not target.exists()
+    # an ONNX file given to the int8 backend is refused with the way to quantise it
+    with pytest.raises(LightsegError, match="--int8"):
+        Runtime(out, backend="onnxruntime_int8")
+
+
+def test_export_onnx_int8_python_api(tmp_path):
+    model = scramble(lightseg.create_model("rdsnet", num_classes=3))
+    r = export_onnx(model, tmp_path / "m.onnx", input_size=(64, 64), int8=True, calibration_count=2, verbose=False)
+    assert r["int8"] and r["ok"] and 0.0 <= r["argmax_agreement"] <= 100.0
+    assert (tmp_path / "m.onnx").stat().st_size == r["bytes"]
