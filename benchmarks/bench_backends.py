@@ -1,10 +1,10 @@
 """The four target models at 512x1024 with every backend (eager NCHW, eager optimised, compile,
-ONNX Runtime), batch 1, CPU, plus this machine's measured peak GFLOP/s.
+ONNX Runtime fp32 and int8), batch 1, CPU, plus this machine's measured peak GFLOP/s.
 
     .venv/bin/python benchmarks/bench_backends.py       # -> benchmarks/results/backends.json
 
 Same as ``lightseg bench --model M ... --size 512 1024 --backend all --peak --json``.
-Targets (issue 5): ONNX Runtime >= 2.5x eager NCHW for each model; atonet_r18 >= 40% of the conv peak.
+Targets (issue 4): ONNX Runtime >= 2.5x eager NCHW for each model; atonet_r18 >= 40% of the conv peak.
 """
 import argparse
 import sys

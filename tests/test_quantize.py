@@ -230,3 +230,14 @@ def test_export_onnx_int8_python_api(tmp_path):
     r = export_onnx(model, tmp_path / "m.onnx", input_size=(64, 64), int8=True, calibration_count=2, verbose=False)
     assert r["int8"] and r["ok"] and 0.0 <= r["argmax_agreement"] <= 100.0
     assert (tmp_path / "m.onnx").stat().st_size == r["bytes"]
+
+
+def test_dynamic_int8_export_runs_at_other_sizes(tmp_path):
+    model = scramble(lightseg.create_model("mininet_95k", num_classes=3))
+    r = export_onnx(model, tmp_path / "d.onnx", input_size=(64, 96), dynamic=True, int8=True, calibration_count=1, verbose=False)
+    assert r["int8"] and r["dynamic"]
+    x = torch.randn(2, 3, 80, 112)
+    out = Runtime(tmp_path / "d.onnx", backend="onnxruntime")(x)
+    with torch.no_grad():
+        ref = model(x)
+    assert out.shape == ref.shape == (2, 3, 80, 112)
