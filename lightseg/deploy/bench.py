@@ -26,6 +26,9 @@ from .runtime import BACKENDS, ONNX_BACKENDS, Runtime, resolve_device, resolve_d
 PAPER_HARDWARE_NOTE = "paper FPS were measured on the papers' own hardware (GPU), not comparable with this machine"
 # --all-models must finish in < 10 minutes on a 2-core CPU: a time budget per (model, backend).
 ZOO_BUDGET_S = 6.0
+# int8 timing: the quantisation ranges do not change which kernels run, so two synthetic calibration scenes
+# suffice (calibration runs the model at full size; 8 scenes took 3 of the zoo table's 8 minutes).
+BENCH_CALIBRATION_COUNT = 2
 
 
 # ---------------------------------------------------------------------- timing
@@ -206,7 +209,8 @@ def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=N
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
     t0 = time.perf_counter()
-    runtime = Runtime(net, backend=backend, device=dev, input_size=size, dtype=dtype)
+    runtime = Runtime(net, backend=backend, device=dev, input_size=size, dtype=dtype,
+                      calibration_count=BENCH_CALIBRATION_COUNT)
     runtime.prepare(tuple(x.shape))
     setup_s = time.perf_counter() - t0
     with PeakMemory(dev) as mem:
@@ -222,6 +226,8 @@ def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=N
         "achieved_gflops": _sig(2 * macs / (median / 1000.0) / 1e9),
         "threads": torch.get_num_threads(),
     }
+    if backend == "onnxruntime_int8":
+        record["calibration"] = f"{BENCH_CALIBRATION_COUNT} synthetic scenes"
     if peak:
         record["peak_conv3x3_gflops"] = peak["conv3x3_gflops"]
         record["peak_matmul_gflops"] = peak["matmul_gflops"]
@@ -257,7 +263,7 @@ def format_table(records, zoo=False) -> str:
     lines.append("MACs = multiply-accumulates (conv + linear), FLOPs = 2 x MACs; GFLOP/s = FLOPs / median latency; "
                  "%peak = share of this machine's 3x3-conv peak (--peak); speed-up vs eager_nchw.")
     if any(r["backend"] == "onnxruntime_int8" for r in records):
-        lines.append("onnxruntime_int8: int8 static quantisation calibrated on synthetic scenes (GFLOP/s counts its int8 "
+        lines.append(f"onnxruntime_int8: int8 static quantisation calibrated on {BENCH_CALIBRATION_COUNT} synthetic scenes (GFLOP/s counts its int8 "
                      "MACs like fp32 ones); a different numerical model: check its accuracy with lightseg eval --backend onnxruntime_int8.")
     if zoo:
         lines.append("paper FPS: " + PAPER_HARDWARE_NOTE + "; each model runs at its paper's input size.")
