@@ -21,6 +21,8 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ..models.blocks import bn_scale_shift
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -28,15 +30,7 @@ _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Module, bn: nn.Module) -> None:
     """Fold eval-mode ``bn`` into ``conv`` in place (computed in float64, stored in the conv's dtype)."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"{bn}: BatchNorm without running statistics uses batch statistics and cannot be folded")
-    var = bn.running_var.double()
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight.double()
-    shift = -bn.running_mean.double() * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.double()
+    scale, shift = bn_scale_shift(bn)
 
     weight = conv.weight
     w = weight.double()

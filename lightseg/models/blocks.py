@@ -83,6 +83,19 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as a per-channel affine map ``y = scale * x + shift`` (float64, for folding)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn}: BatchNorm without running statistics uses batch statistics and cannot be folded")
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    return scale, shift
+
+
 class ConvPoolMerge(nn.Module):
     """Inference form of a downsampling unit "conv branch beside a max-pool branch, merged (concatenated or
     added), BatchNorm, activation" (ENet's initial block, MiniNet's SPP downsampling). The BN is folded into
@@ -96,8 +109,8 @@ class ConvPoolMerge(nn.Module):
         last = conv[-1] if isinstance(conv, nn.Sequential) else conv
         if not isinstance(last, nn.Conv2d):
             raise TypeError(f"ConvPoolMerge: the conv branch must end in a Conv2d, got {type(last).__name__}")
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        dtype = last.weight.dtype
+        scale, shift = (t.to(dtype) for t in bn_scale_shift(bn))
         k = last.out_channels
         pool_scale, pool_shift = (scale[k:], shift[k:]) if concat else (scale, torch.zeros_like(shift))
         folded = nn.Conv2d(last.in_channels, k, last.kernel_size, last.stride, last.padding, last.dilation, last.groups,
