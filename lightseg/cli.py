@@ -54,6 +54,7 @@ def cmd_eval(args):
         backend=args.backend,
         calibration=args.calib,
         calibration_count=args.calib_count,
+        int8_mode=args.int8_mode,
     )
 
 
@@ -96,6 +97,14 @@ def _add_calibration_args(s):
     s.add_argument("--calib-count", type=int, default=None, metavar="N", help="int8 only: calibration images used (default 8)")
 
 
+def _add_int8_mode_arg(s):
+    from .deploy.quantize import INT8_MODES
+
+    s.add_argument("--int8-mode", default=None, choices=["auto", *INT8_MODES],
+                   help="int8 only: the weight format; auto (default) = the one this CPU runs accurately "
+                        "(u8s8 with VNNI/AMX/ARM, u8s8_reduce_range on x86 without VNNI); give the target CPU's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightseg", description="Lightweight real-time semantic segmentation.")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
@@ -124,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
                    help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX: see lightseg bench)")
     _add_calibration_args(s)
+    _add_int8_mode_arg(s)
     s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     s.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     s.add_argument("--output", default=None, help="where to write metrics JSON (default: next to the checkpoint)")
@@ -162,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     s.add_argument("--int8", action="store_true", help="quantise to int8 (static, calibrated; CPU deployment)")
     _add_calibration_args(s)
+    _add_int8_mode_arg(s)
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_export)
 

@@ -11,6 +11,7 @@ import lightseg
 from lightseg.cli import main
 from lightseg.deploy import bench
 from lightseg.deploy.bench import benchmark, format_table, percentile, time_callable
+from lightseg.deploy.quantize import choose_int8_mode
 
 SLEEP_S = 0.020
 
@@ -96,6 +97,7 @@ def test_share_of_peak_and_table(monkeypatch, capsys):
     table = format_table(records, zoo=True)
     assert "FLOPs = 2 x MACs" in table and "not comparable" in table and "1.00x" in table
     assert "onnxruntime_int8: int8 static quantisation" in table  # the int8 row is labelled as a different model
+    assert records[-1]["int8_mode"] == choose_int8_mode()[0]
 
 
 def test_bench_errors_exit_2(capsys):

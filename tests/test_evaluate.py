@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lightseg.cli import main
 from lightseg.data.classes import CITYSCAPES_CATEGORIES, CITYSCAPES_CLASSES, CITYSCAPES_TRAINID_TO_CATEGORY, cityscapes_label_lut
+from lightseg.deploy.quantize import choose_int8_mode
 from lightseg.engine.evaluate import evaluate, predict_probabilities, score_predictions
 from lightseg.errors import LightsegError
 from lightseg.models import SegmentationModel, register_model
@@ -305,9 +306,12 @@ def test_eval_command_round_trip_with_score(tmp_path, capsys):
     assert main([*argv[:-2], "--backend", "onnxruntime_int8", "--calib", str(root / "leftImg8bit"), "--calib-count", "2"]) == 0
     int8_report = json.loads(capsys.readouterr().out)
     assert int8_report["backend"] == "onnxruntime_int8" and int8_report["calibration"] == str(root / "leftImg8bit")
+    assert int8_report["int8_mode"] == choose_int8_mode()[0] and int8_report["machine"]["cpu"]  # what ran, on what
     assert sum(map(sum, int8_report["confusion_matrix"])) == sum(map(sum, report["confusion_matrix"]))
     assert json.loads((tmp_path / "run" / "metrics_onnxruntime_int8.json").read_text()) == int8_report
     assert main([*argv[:-2], "--calib", str(root)]) == 2  # calibration belongs to the int8 backend
+    assert "--backend onnxruntime_int8" in capsys.readouterr().err
+    assert main([*argv[:-2], "--int8-mode", "u8u8"]) == 2  # so does the int8 weight format
     assert "--backend onnxruntime_int8" in capsys.readouterr().err
 
     # a checkpoint of another model is refused with both names, exit code 2

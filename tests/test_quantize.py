@@ -1,5 +1,7 @@
 """Deployment rewrites (reparameterize, PReLU as convolutions, ceil_mode) and the int8 path (issue 4)."""
 
+import warnings
+
 import cv2
 import numpy as np
 import onnx
@@ -12,7 +14,9 @@ from lightseg.cli import main
 from lightseg.data.base import NORMALIZATIONS
 from lightseg.deploy.export import export_onnx, export_to_bytes, ort_session
 from lightseg.deploy.fuse import PReLUAsConv, _pool_output_is_exact, prepare_for_inference
-from lightseg.deploy.quantize import calibration_images, quantize_onnx
+from lightseg.deploy.quantize import (INT8_MODES, calibration_images, choose_int8_mode, mode_warning, quantize_onnx,
+                                      resolve_int8_mode)
+from lightseg.hardware import cpu_from_flags
 from lightseg.deploy.runtime import Runtime
 from lightseg.errors import LightsegError
 from lightseg.models.mininet import SPPDownsample
@@ -157,12 +161,74 @@ def node_types(model_bytes):
     return [n.op_type for n in onnx.load_model_from_string(model_bytes).graph.node]
 
 
-def test_quantize_rdsnet_close_to_fp32():
+# What each CPU kind gets, whatever machine runs the test. Flags as /proc/cpuinfo spells them.
+CPU_KINDS = {
+    "zen3_avx2": ("x86_64", "avx avx2 fma f16c", "u8s8_reduce_range"),
+    "skylake_avx512_no_vnni": ("x86_64", "avx2 fma avx512f avx512bw avx512dq avx512vl", "u8s8_reduce_range"),
+    "zen4_avx512_vnni": ("x86_64", "avx2 fma avx512f avx512bw avx512dq avx512vl avx512_vnni avx512_bf16", "u8s8"),
+    "alder_lake_avx_vnni": ("x86_64", "avx2 fma avx_vnni", "u8s8"),
+    "sapphire_rapids_amx": ("x86_64", "avx2 fma avx512f avx512bw avx512_vnni avx_vnni amx_tile amx_int8 amx_bf16", "u8s8"),
+    # MLAS runs the AVX-512 core kernel when AVX512BW is there: AVX-VNNI alone does not help then.
+    "avx512bw_with_only_avx_vnni": ("x86_64", "avx2 fma avx512f avx512bw avx_vnni", "u8s8_reduce_range"),
+    "sse_only": ("x86_64", "sse sse2 ssse3 sse4_1", "u8s8_reduce_range"),
+    "arm_dotprod": ("aarch64", "fp asimd evtstrm aes crc32 asimddp", "u8s8"),
+    "arm_no_dotprod": ("aarch64", "fp asimd evtstrm crc32", "u8s8"),
+    "apple_dotprod": ("arm64", "dotprod", "u8s8"),
+}
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
+def test_int8_mode_chosen_per_cpu_kind(kind):
+    arch, flags, expected = CPU_KINDS[kind]
+    cpu = cpu_from_flags(flags, arch=arch)
+    mode, reason = choose_int8_mode(cpu)
+    assert mode == expected and mode in INT8_MODES and reason
+    # a full-range model is flagged exactly where it saturates; 7-bit and uint8 weights never are
+    assert (mode_warning("u8s8", cpu) is not None) == (expected != "u8s8")
+    assert mode_warning("u8s8_reduce_range", cpu) is None and mode_warning("u8u8", cpu) is None
+    assert resolve_int8_mode("auto", cpu) == (mode, reason) and resolve_int8_mode("u8u8", cpu)[0] == "u8u8"
+
+
+def test_int8_mode_unknown_is_refused():
+    with pytest.raises(LightsegError, match="u8s8_reduce_range"):
+        resolve_int8_mode("int4")
+
+
+def int8_weights(model_bytes):
+    """The quantised conv weights (>= 2-D integer initializers) as numpy arrays."""
+    from onnx import numpy_helper
+
+    graph = onnx.load_model_from_string(model_bytes).graph
+    arrays = [numpy_helper.to_array(t) for t in graph.initializer]
+    return [a for a in arrays if a.ndim >= 2 and a.dtype in (np.int8, np.uint8)]
+
+
+def metadata(model_bytes):
+    return {p.key: p.value for p in onnx.load_model_from_string(model_bytes).metadata_props}
+
+
+@pytest.fixture(scope="module")
+def rdsnet_fp32():
     model = scramble(lightseg.create_model("rdsnet", num_classes=5))
     size = (96, 128)
-    fp32 = export_to_bytes(model, size)
     calib = calibration_images(None, size, count=4)
+    fp32 = export_to_bytes(model, size)
+    return fp32, calib, ort_session(fp32).run(None, {"images": calib[1][None]})[0]
+
+
+def assert_close_to_fp32(int8, calib, ref):
+    out = ort_session(int8).run(None, {"images": calib[1][None]})[0]
+    rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert rel < 0.1, rel  # quantisation noise, not a different function
+    assert (out.argmax(1) == ref.argmax(1)).mean() > 0.8
+
+
+def test_quantize_rdsnet_close_to_fp32(rdsnet_fp32):
+    # Closeness with the mode lightseg chooses for the CPU running the test: a full-range u8s8 model is not
+    # exact on x86 without VNNI (that is why the mode exists).
+    fp32, calib, ref = rdsnet_fp32
     int8 = quantize_onnx(fp32, calib)
+    assert metadata(int8)["lightseg.int8_mode"] == choose_int8_mode()[0]
     types = node_types(int8)
     assert types.count("QuantizeLinear") > 5 and types.count("DequantizeLinear") > 10  # QDQ around the convs
     graph = onnx.load_model_from_string(int8).graph
@@ -170,17 +236,32 @@ def test_quantize_rdsnet_close_to_fp32():
     producer = next(n for n in graph.node if resize.input[0] in n.output)
     assert producer.op_type == "DequantizeLinear"  # the final upsampling runs in float, as documented
     assert len(int8) < 0.5 * len(fp32)  # int8 weights
-    x = calib[1][None]
-    ref = ort_session(fp32).run(None, {"images": x})[0]
-    out = ort_session(int8).run(None, {"images": x})[0]
-    rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
-    assert rel < 0.1, rel  # quantisation noise, not a different function
-    assert (out.argmax(1) == ref.argmax(1)).mean() > 0.8
+    assert_close_to_fp32(int8, calib, ref)
+
+
+@pytest.mark.parametrize("mode", INT8_MODES)
+def test_int8_modes_store_their_weight_format(mode, rdsnet_fp32):
+    fp32, calib, ref = rdsnet_fp32
+    int8 = quantize_onnx(fp32, calib, mode=mode)
+    weights = int8_weights(int8)
+    assert len(weights) > 10
+    if mode == "u8u8":
+        assert all(w.dtype == np.uint8 for w in weights)
+    else:
+        assert all(w.dtype == np.int8 for w in weights)
+        largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        # symmetric per channel: each channel's largest weight maps to the end of the range
+        assert largest == (64 if mode == "u8s8_reduce_range" else 127)
+    meta = metadata(int8)
+    assert meta["lightseg.int8_mode"] == mode and meta["lightseg.int8_chosen_on"]
+    if mode_warning(mode) is None:  # every mode this CPU computes without saturation is close to fp32 too
+        assert_close_to_fp32(int8, calib, ref)
 
 
 def test_int8_runtime_batches_and_calibrates_per_shape():
     model = scramble(lightseg.create_model("mininet_95k", num_classes=4))
     rt = Runtime(model, backend="onnxruntime_int8", calibration_count=2)
+    assert rt.int8_mode == choose_int8_mode()[0]  # this CPU's mode, the one the bound below is for
     x = torch.from_numpy(np.stack(calibration_images(None, (64, 96), count=2)))
     out = rt(x)
     with torch.no_grad():
@@ -189,6 +270,8 @@ def test_int8_runtime_batches_and_calibrates_per_shape():
     assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 0.15
     with pytest.raises(LightsegError, match="float32 only"):
         Runtime(model, backend="onnxruntime_int8", dtype="float16")
+    with pytest.raises(LightsegError, match="onnxruntime_int8"):
+        Runtime(model, backend="onnxruntime", int8_mode="u8u8")
 
 
 @pytest.mark.parametrize("name", lightseg.list_models())
@@ -223,6 +306,33 @@ def test_export_int8_cli(tmp_path, capsys):
     # an ONNX file given to the int8 backend is refused with the way to quantise it
     with pytest.raises(LightsegError, match="--int8"):
         Runtime(out, backend="onnxruntime_int8")
+
+
+def test_export_records_the_int8_mode_and_loading_flags_a_saturating_cpu(tmp_path, capsys, monkeypatch):
+    import lightseg.deploy.quantize as quantize
+
+    out = tmp_path / "full.onnx"
+    assert main(["export", "--model", "rdsnet", "--num-classes", "3", "--size", "64", "64", "--int8",
+                 "--int8-mode", "u8s8", "--calib-count", "1", "-o", str(out)]) == 0
+    assert "int8 mode u8s8 (requested)" in capsys.readouterr().out
+    assert metadata(out.read_bytes())["lightseg.int8_mode"] == "u8s8"
+    # the same file loaded on an AVX2 CPU without VNNI: a warning naming the mode to export with
+    monkeypatch.setattr(quantize, "cpu_info", lambda: cpu_from_flags("avx2 fma", model="AMD EPYC 7B13"))
+    with pytest.warns(UserWarning, match="u8s8_reduce_range"):
+        rt = Runtime(out, backend="onnxruntime")
+    assert rt.int8_mode == "u8s8"
+    monkeypatch.setattr(quantize, "cpu_info", lambda: cpu_from_flags("avx2 fma avx512bw avx512_vnni"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Runtime(out, backend="onnxruntime")  # a VNNI CPU: nothing to say
+    # auto on the injected AVX2 CPU exports 7-bit weights
+    monkeypatch.setattr(quantize, "cpu_info", lambda: cpu_from_flags("avx2 fma"))
+    r = export_onnx(lightseg.create_model("rdsnet", num_classes=3), tmp_path / "auto.onnx", input_size=(64, 64), int8=True,
+                    calibration_count=1, verbose=False)
+    assert r["int8_mode"] == "u8s8_reduce_range" == metadata((tmp_path / "auto.onnx").read_bytes())["lightseg.int8_mode"]
+    # --int8-mode without --int8: exit 2, nothing written
+    assert main(["export", "--model", "rdsnet", "--size", "64", "64", "--int8-mode", "u8u8", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "--int8" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
 
 
 def test_export_onnx_int8_python_api(tmp_path):

@@ -228,6 +228,7 @@ def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=N
     }
     if backend == "onnxruntime_int8":
         record["calibration"] = f"{BENCH_CALIBRATION_COUNT} synthetic scenes"
+        record["int8_mode"] = runtime.int8_mode
     if peak:
         record["peak_conv3x3_gflops"] = peak["conv3x3_gflops"]
         record["peak_matmul_gflops"] = peak["matmul_gflops"]

@@ -106,7 +106,7 @@ def parity(model: nn.Module, session, input_size, batch=1, seed=0, x=None) -> di
 
 
 def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, opset=17, check=True, verbose=True,
-                int8=False, calibration=None, calibration_count=None, normalize="imagenet") -> dict:
+                int8=False, calibration=None, calibration_count=None, normalize="imagenet", int8_mode=None) -> dict:
     """Export ``model`` to ``path`` (atomic write) and check ONNX Runtime against PyTorch.
 
     Returns ``{"path", "input_size", "dynamic", "opset", "bytes", "export_s", "checks": [...],
@@ -117,21 +117,28 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
     ``None`` for synthetic scenes; ``normalize`` as in training). The int8 model cannot meet the fp32
     tolerance: its check compares with PyTorch on a calibration image and is reported, not enforced
     (``ok`` is true when shapes match); measure accuracy with ``lightseg eval --backend onnxruntime_int8``.
+    ``int8_mode``: the weight format (:data:`.quantize.INT8_MODES`); ``None`` = the one this CPU needs, so give
+    the deployment CPU's when it differs (``result["int8_mode"]``, also in the file's metadata).
     """
     from ..checkpoint import atomic_write_bytes
 
     h, w = _check_size(input_size)
     t0 = time.perf_counter()
     data = export_to_bytes(model, (h, w), dynamic=dynamic, opset=opset)
-    images = None
+    images = mode = None
     if int8:
-        from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_onnx
+        from .quantize import DEFAULT_CALIBRATION_COUNT, calibration_images, quantize_onnx, resolve_int8_mode
 
+        mode, reason = resolve_int8_mode(int8_mode)
         images = calibration_images(calibration, (h, w), calibration_count or DEFAULT_CALIBRATION_COUNT, normalize=normalize)
-        data = quantize_onnx(data, images)
+        data = quantize_onnx(data, images, mode=mode)
+        if verbose:
+            print(f"int8 mode {mode} ({reason})")
+    elif int8_mode not in (None, "auto"):
+        raise LightsegError(f"an int8 mode ({int8_mode!r}) applies to int8 export; add --int8 or drop --int8-mode")
     path = atomic_write_bytes(path, lambda f: f.write(data))
     result = {"path": str(path), "input_size": [h, w], "dynamic": bool(dynamic), "opset": opset, "int8": bool(int8),
-              "bytes": len(data), "export_s": time.perf_counter() - t0, "checks": []}
+              "int8_mode": mode, "bytes": len(data), "export_s": time.perf_counter() - t0, "checks": []}
     if check and int8:
         c = parity(model, ort_session(data), (h, w), x=torch.from_numpy(images[0][None]))
         c["ok"] = c["shape_ok"]
@@ -164,13 +171,14 @@ def export_command(args) -> dict:
 
     from .predict import _normalization
 
-    if not args.int8 and (args.calib or args.calib_count):
-        raise LightsegError("--calib and --calib-count calibrate int8 quantisation; add --int8 or drop them")
+    if not args.int8 and (args.calib or args.calib_count or args.int8_mode not in (None, "auto")):
+        raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; add --int8 or drop them")
     model, ckpt = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes)
     result = export_onnx(model, args.output, input_size=tuple(args.size), dynamic=args.dynamic, int8=args.int8,
-                         calibration=args.calib, calibration_count=args.calib_count, normalize=_normalization(ckpt)[0])
+                         calibration=args.calib, calibration_count=args.calib_count, normalize=_normalization(ckpt)[0],
+                         int8_mode=args.int8_mode)
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, opset {result['opset']}, "
-          f"{'dynamic batch/H/W' if args.dynamic else 'static shape'}{', int8' if args.int8 else ''}) in {result['export_s']:.1f} s")
+          f"{'dynamic batch/H/W' if args.dynamic else 'static shape'}{', int8 ' + result['int8_mode'] if args.int8 else ''}) in {result['export_s']:.1f} s")
     if not result.get("ok", True):
         raise RuntimeError(f"{args.model}: ONNX Runtime output differs from PyTorch beyond the tolerance "
                            f"(max abs {PARITY_MAX_ABS}, argmax agreement {PARITY_MIN_AGREEMENT}%); see the parity lines above")

@@ -12,12 +12,14 @@ Backends (all return float32 logits (N, C, H, W) as a torch tensor):
   for ``device="cuda"``. A path to an ``.onnx`` file is run as is.
 * ``onnxruntime_int8``: the same ONNX model quantised to int8 (:mod:`.quantize`: static, calibrated on
   ``calibration`` images, a folder, or the synthetic scenes when none is given). A different numerical
-  model: measure its accuracy (``lightseg eval --backend onnxruntime_int8``) before deploying it.
+  model: measure its accuracy (``lightseg eval --backend onnxruntime_int8``) before deploying it. Its weight
+  format (``int8_mode``) suits this CPU unless another is asked for (:func:`.quantize.choose_int8_mode`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -53,13 +55,15 @@ class Runtime:
     ``model``: an ``nn.Module`` or the path of an ``.onnx`` file (``onnxruntime`` backend only).
     ``input_size``: (H, W) the runtime will mostly see; used for the ONNX export and fusion probe.
     ``channels_last``: ``None`` = on for the ``eager``/``compile`` backends (see module docstring).
-    ``calibration``, ``calibration_count``, ``normalize``: int8 only; the calibration images (a folder,
-    or ``None`` for synthetic scenes), how many, and the normalisation the model was trained with.
+    ``calibration``, ``calibration_count``, ``normalize``, ``int8_mode``: int8 only; the calibration images (a
+    folder, or ``None`` for synthetic scenes), how many, the normalisation the model was trained with, and the
+    weight format (``None``: the one this CPU needs). ``self.int8_mode`` is the mode used (for an ``.onnx`` file:
+    the one recorded in it, if any).
     """
 
     def __init__(self, model, backend="eager", device="cpu", input_size=None, dtype="float32",
                  channels_last=None, num_threads=None, max_sessions=4, calibration=None,
-                 calibration_count=None, normalize="imagenet"):
+                 calibration_count=None, normalize="imagenet", int8_mode=None):
         if backend not in BACKENDS:
             raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
         self.backend = backend
@@ -72,6 +76,13 @@ class Runtime:
         self.onnx_path = None
         self.calibration, self.normalize = calibration, normalize
         self.calibration_count = calibration_count
+        self.int8_mode = None
+        if backend == "onnxruntime_int8":
+            from .quantize import resolve_int8_mode
+
+            self.int8_mode = resolve_int8_mode(int8_mode)[0]
+        elif int8_mode not in (None, "auto"):
+            raise LightsegError(f"an int8 mode ({int8_mode!r}) applies to backend onnxruntime_int8, not {backend!r}")
 
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -95,8 +106,14 @@ class Runtime:
                                     "--backend onnxruntime or an eager backend with --dtype float16")
             if self.onnx_path is not None:
                 from .export import ort_session
+                from .quantize import mode_warning, model_int8_mode
 
-                self._sessions[None] = ort_session(self.onnx_path, device=self.device, num_threads=num_threads)
+                session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads)
+                self._sessions[None] = session
+                self.int8_mode = model_int8_mode(session.get_modelmeta().custom_metadata_map)
+                warning = mode_warning(self.int8_mode) if self.device.type == "cpu" else None
+                if warning:
+                    warnings.warn(f"{self.onnx_path}: {warning}", stacklevel=2)
             return
 
         self.channels_last = backend != "eager_nchw" if channels_last is None else bool(channels_last)
@@ -131,7 +148,7 @@ class Runtime:
 
                 images = calibration_images(self.calibration, shape[2:], self.calibration_count or DEFAULT_CALIBRATION_COUNT,
                                             normalize=self.normalize)
-                data = quantize_onnx(data, images, batch=shape[0])
+                data = quantize_onnx(data, images, batch=shape[0], mode=self.int8_mode)
             self._sessions[key] = ort_session(data, device=self.device, num_threads=self.num_threads)
             if len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)

@@ -167,11 +167,11 @@ def _dump(report: dict) -> str:
 
 def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=(), flip=False, scales=None,
                      as_json=False, output=None, save_predictions=None, backend="eager", calibration=None,
-                     calibration_count=None) -> dict:
+                     calibration_count=None, int8_mode=None) -> dict:
     """``lightseg eval``: evaluate a checkpoint on a split of the recipe's dataset; write metrics JSON.
 
     ``backend``: ``eager`` (PyTorch) or a deployment path (``onnxruntime``, ``onnxruntime_int8`` with
-    ``calibration`` images), so what is deployed is what is measured.
+    ``calibration`` images and weight format ``int8_mode``, default this CPU's), so what is deployed is what is measured.
     """
     from .. import create_model
     from ..checkpoint import load_checkpoint, load_model_weights
@@ -198,15 +198,16 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
     model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"], **(model_cfg.get("kwargs") or {}))
     load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
 
-    if backend != "onnxruntime_int8" and (calibration or calibration_count):
-        raise ConfigError("--calib and --calib-count calibrate int8 quantisation; use --backend onnxruntime_int8 or drop them")
+    if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
+        raise ConfigError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend onnxruntime_int8 or drop them")
     info = setup(cfg["train"].get("device", "auto") if backend != "onnxruntime_int8" else "cpu")
     runner = model
     if backend != "eager":
         from ..deploy.runtime import Runtime
 
         runner = Runtime(model.eval(), backend=backend, device=info.device, calibration=calibration,
-                         calibration_count=calibration_count, normalize=data_cfg.get("normalize", "imagenet"))
+                         calibration_count=calibration_count, normalize=data_cfg.get("normalize", "imagenet"),
+                         int8_mode=int8_mode)
     eval_cfg = cfg.get("eval", {})
     report = evaluate(
         runner, dataset, device=info.device,
@@ -222,7 +223,11 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
     report = {"model": model_cfg["name"], "checkpoint": str(checkpoint), "dataset": data_cfg["name"],
               "split": split_name, "backend": backend, **report}
     if backend == "onnxruntime_int8":
+        from ..hardware import cpu_info
+
         report["calibration"] = str(calibration) if calibration else "synthetic scenes"
+        report["int8_mode"] = runner.int8_mode
+        report["machine"] = cpu_info().as_dict()
     if not info.is_main:
         return report
     suffix = "" if backend == "eager" else f"_{backend}"
@@ -234,6 +239,8 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
         print(f"wrote {out}", file=sys.stderr)
     else:
         print(format_table(report))
+        if "int8_mode" in report:
+            print(f"int8 mode {report['int8_mode']} on {report['machine']['cpu']} ({' '.join(report['machine']['isa'])})")
         print(f"wrote {out}")
     return report
 
