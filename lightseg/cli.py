@@ -20,6 +20,12 @@ def _size(values):
 
 # ---------------------------------------------------------------- verbs
 def cmd_models(args):
+    if args.paper is not None:
+        from .zoo import format_paper_rows, paper_rows
+
+        rows = paper_rows(args.paper or None)
+        print(json.dumps(rows, indent=2) if args.json else format_paper_rows(rows))
+        return
     from .zoo import models_table
 
     rows = models_table(size=_size(args.size))
@@ -113,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list registered models with params and MACs")
     s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size for MACs (default: each paper's size)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--paper", nargs="?", const="", default=None, metavar="NAME",
+                   help="every row of the papers' complexity tables (or of paper NAME: mininet, atonet, dual_aspp, "
+                        "shufflenetv2_dpc, rdsnet), the paper's params and FLOPs beside ours")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("train", help="train from a recipe (configs/<model>_<dataset>.yaml)")

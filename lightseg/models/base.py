@@ -43,6 +43,9 @@ def resize_to(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
     size = tuple(int(s) for s in size)
     if tuple(x.shape[-2:]) == size:
         return x
+    if x.is_meta:
+        # Shapes only (MAC counting): PyTorch's meta interpolation is a slow Python decomposition.
+        return x.new_empty((*x.shape[:-2], *size))
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     return F.interpolate(x, size=size, mode=mode, align_corners=False)

@@ -32,6 +32,55 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of a paper's complexity table, rebuilt from the code by ``lightseg models --paper``.
+
+    ``params`` and ``flops`` are the paper's printed figures; ``flops`` is in the paper's own unit (its
+    :class:`PaperTable` says whether that is MACs or 2 x MACs). ``kwargs`` are the ``create_model``
+    switches that build the row's network; ``size`` its input (H, W), ``None`` for the model's paper size.
+    """
+
+    table: str
+    label: str
+    model: str
+    kwargs: dict = field(default_factory=dict)
+    params: float | None = None
+    flops: float | None = None
+    size: tuple[int, int] | None = None
+    num_classes: int = 19
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """A paper's complexity rows. ``flops_per_mac``: 1 when the paper's "FLOPs" are multiply-adds
+    (MACs), 2 when they count multiplies and adds separately."""
+
+    key: str
+    title: str
+    flops_per_mac: int
+    flops_note: str
+    rows: tuple[PaperRow, ...]
+
+
+_PAPER_TABLES: dict[str, PaperTable] = {}
+
+
+def register_paper_table(key: str, title: str, rows, flops_per_mac: int, flops_note: str) -> None:
+    """Declare a paper's complexity tables (called at import time by the paper's model file)."""
+    if key in _PAPER_TABLES:
+        raise RuntimeError(f"paper table {key!r} registered twice")
+    if flops_per_mac not in (1, 2):
+        raise ValueError(f"flops_per_mac must be 1 (FLOPs are MACs) or 2, got {flops_per_mac}")
+    _PAPER_TABLES[key] = PaperTable(key, title, flops_per_mac, flops_note, tuple(rows))
+
+
+def paper_tables() -> dict[str, PaperTable]:
+    _ensure_loaded()
+    return dict(_PAPER_TABLES)
+
+
 def register_model(name: str | None = None, **info):
     """Decorator: register a builder ``fn(num_classes=19, **kwargs) -> nn.Module``."""
 
@@ -77,7 +126,7 @@ def create_model(name: str, num_classes: int = 19, pretrained_backbone: str | No
         raise LightsegError(f"num_classes must be a positive integer, got {num_classes!r}")
     try:
         model = info.builder(num_classes=num_classes, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # a wrong or out-of-range switch: a user error
         raise LightsegError(f"model {name!r}: {e}") from e
     model.lightseg_name = name
     if pretrained_backbone is not None:
