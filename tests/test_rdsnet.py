@@ -36,7 +36,7 @@ def test_no_aux_in_train_mode_and_backward_reaches_every_parameter():
 
 
 def _rds_block_params(c):
-    return 9 * c + 2 * c + 9 * c * c + 2 * c  # depthwise 3x3 + BN, standard 3x3 + BN
+    return 9 * c + 2 * c + 9 * c * c + 2 * c  # depthwise 3x3 + BN, standard 3x3 + BN (ReLU has no parameters)
 
 
 @pytest.mark.parametrize("num_classes", [19, 11])
@@ -52,7 +52,7 @@ def test_param_count_by_hand(num_classes):
 
 def test_macs_and_registry(model):
     info = model_info("rdsnet")
-    assert info.paper_size == (360, 640) and info.paper_fps == 77 and info.paper_hardware == "GTX 1050"
+    assert info.paper_size == (360, 640) and info.paper_fps == 77.0 and info.paper_hardware == "GTX 1050"  # Table V
     # Dominated by the standard 3x3 convs of the RDS blocks: 3 x 64*64*9 at 1/4 and 5 x 128*128*9 at 1/8
     # of 360x640 (90x160 and 45x80 maps).
     dominant = 3 * 64 * 64 * 9 * 90 * 160 + 5 * 128 * 128 * 9 * 45 * 80
@@ -72,24 +72,53 @@ def test_enet_downsample_hand_computed():
         ENetDownsample(64, 64)
 
 
-def test_rds_block_order_and_shuffle():
-    # Depthwise and standard conv set to identities, fresh eval BNs: the branch is x / (1 + eps),
-    # shuffled with 4 groups, added to x, then ReLU.
-    c = 8
-    b = RDSBlock(c, dilation=2).eval()
-    assert b.depthwise.dilation == (2, 2) and b.depthwise.padding == (2, 2) and b.depthwise.groups == c
+def _identity_convs(b, c):
     with torch.no_grad():
         b.depthwise.weight.zero_()
         b.depthwise.weight[:, 0, 1, 1] = 1
         b.conv.weight.zero_()
         for o in range(c):
             b.conv.weight[o, o, 1, 1] = 1
+
+
+def test_rds_block_order_and_shuffle():
+    # Sec. III.C: depthwise conv -> BN -> ReLU (M is "stacked non-linear layers", Eq. (1)) -> 3x3 conv -> BN
+    # -> shuffle (4 groups) -> + x -> ReLU. Convs set to identities, fresh eval BNs divide by s = sqrt(1 + eps).
+    c = 8
+    b = RDSBlock(c, dilation=2).eval()
+    assert b.depthwise.dilation == (2, 2) and b.depthwise.padding == (2, 2) and b.depthwise.groups == c
+    assert b.conv.kernel_size == (3, 3) and b.conv.groups == 1  # the pointwise conv replaced by a 3x3
+    _identity_convs(b, c)
     x = torch.randn(1, c, 5, 6)
-    scale = 1 + b.bn1.eps  # two BNs, each dividing by sqrt(1 + eps)
-    expected = torch.relu(x + channel_shuffle(x / scale, 4))
+    s = math.sqrt(1 + b.bn1.eps)
+    expected = torch.relu(x + channel_shuffle(torch.relu(x / s) / s, 4))
     assert torch.allclose(b(x), expected, atol=1e-6)
+    # the linear branch (inner_activation=False): negative values pass through M
+    lin = RDSBlock(c, dilation=2, inner_activation=False).eval()
+    _identity_convs(lin, c)
+    assert torch.allclose(lin(x), torch.relu(x + channel_shuffle(x / s / s, 4)), atol=1e-6)
+    assert not torch.allclose(lin(x), b(x))
     # hand check of the permutation itself: groups of 2 channels, 4 groups -> [0 2 4 6 1 3 5 7]
     assert channel_shuffle(torch.arange(8.0).view(1, 8, 1, 1), 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def test_table_one_dropouts_are_the_rates_in_use():
+    # Table I: 0.5 in the three 64-channel blocks, 0.3 in the five 128-channel blocks. The rates are read
+    # from the dropout modules that actually run in a training forward pass.
+    m = create_model("rdsnet", num_classes=5).train()
+    ran = []
+    hooks = [mod.register_forward_hook(lambda mod, i, o: ran.append(mod))
+             for mod in m.modules() if isinstance(mod, torch.nn.Dropout2d)]
+    m(torch.randn(1, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert [d.p for d in ran] == [0.5] * 3 + [0.3] * 5
+    assert [blk.dropout for blk in m.stage1] + [blk.dropout for blk in m.stage2] == ran
+    # spatial dropout zeroes whole channels with about that rate (64 channels x 8 images x 3 blocks)
+    d = m.stage1[0].dropout
+    torch.manual_seed(0)
+    zeroed = (d(torch.ones(8, 64, 4, 4)).flatten(2).amax(-1) == 0).float().mean().item()
+    assert 0.35 < zeroed < 0.65
 
 
 def test_dilations_and_dropout_switches():
@@ -103,6 +132,7 @@ def test_dilations_and_dropout_switches():
         assert torch.equal(m(x), m(x))  # dropout is off in eval
     with pytest.raises(ValueError, match="dropout"):
         RDSNet(dropout=1.5)
+    assert all(isinstance(blk.act1, torch.nn.Identity) for blk in create_model("rdsnet", inner_activation=False).stage2)
 
 
 def test_bad_input(model):

@@ -1,20 +1,22 @@
-"""RDS-Net (Doan, Nguyen, Tran, Nguyen, Le): residual depth-wise separable blocks on an ENet-style
-encoder, classified at 1/8 and upsampled x8 bilinearly. No decoder, no auxiliary outputs.
+"""RDS-Net (Doan, Nguyen, Tran, Nguyen, Le, "Real-time Image Semantic Segmentation Networks with Residual
+Depth-wise Separable Blocks"; ../shared/papers/rdsnet.txt): residual depth-wise separable blocks on an
+ENet-style encoder, a 3x3 conv to classes at 1/8, and a bilinear "decoder" back to the input size.
 
-Layout (the paper's Table I, as given in the project's issue 2; the paper's text was not available
-to us, choices are listed in ``docs/models.md``):
+Table I (output sizes for a 1024x512 input):
 
-=====================  ===========  ==========
-layer                  output ch    stride
-=====================  ===========  ==========
-downsample             32           1/2
-downsample             64           1/4
-3 x RDS block          64           1/4
-downsample             128          1/8
-5 x RDS block d=1..16  128          1/8
-3x3 conv               classes      1/8
-bilinear x8            classes      1
-=====================  ===========  ==========
+=====================  ===========  ========  ========
+layer                  output ch    dilation  dropout
+=====================  ===========  ========  ========
+downsample block       32  (1/2)    -         -
+downsample block       64  (1/4)    -         -
+3 x RDS block          64  (1/4)    -         0.5  (the third row's cell is lost in the text; 0.5 as the two above)
+downsample block       128 (1/8)    -         -
+5 x RDS block          128 (1/8)    1,2,4,8,16  0.3
+3x3 convolution        C   (1/8)    -         -
+bilinear interpolation C   (1)
+=====================  ===========  ========  ========
+
+docs/models.md gives the reasoning behind the choices the text leaves open (the block's inner activation).
 """
 from __future__ import annotations
 
@@ -55,21 +57,26 @@ class ENetDownsample(nn.Module):
 
 
 class RDSBlock(nn.Module):
-    """Residual depth-wise separable block:
-    3x3 depthwise (dilated) conv + BN -> 3x3 standard conv + BN -> channel shuffle (4 groups)
-    -> spatial dropout -> + input -> ReLU.
+    """Residual depth-wise separable block, Sec. III.C / Fig. 2(c): y = ReLU(x + M(x)) with
 
-    The dilation is on the depthwise conv (it sets the receptive field cheaply); the standard conv
-    is undilated. No activation inside the residual branch, only after the addition (as the table
-    lists the layers).
+        M = 3x3 depthwise conv (dilated) -> BN -> ReLU -> 3x3 standard conv -> BN -> channel shuffle (4 groups)
+            -> spatial dropout
+
+    "each layer is followed by batch normalisation" (as in a depth-wise separable block), the pointwise conv
+    is replaced by a 3x3 conv, and the shuffle comes after it. M is "stacked non-linear layers" (Sec. III.A,
+    Eq. (1)), so a ReLU follows the first BN; the last BN feeds the addition directly, as in the ResNet block
+    the paper builds on, and a ReLU follows the sum. ``inner_activation=False`` gives the linear branch
+    (no ReLU inside M). The dilation is on the depthwise conv (it sets the receptive field cheaply).
     """
 
-    def __init__(self, channels: int, dilation: int = 1, shuffle_groups: int = 4, dropout: float = 0.0):
+    def __init__(self, channels: int, dilation: int = 1, shuffle_groups: int = 4, dropout: float = 0.0,
+                 inner_activation: bool = True):
         super().__init__()
         if channels % shuffle_groups:
             raise ValueError(f"RDSBlock: {channels} channels not divisible by {shuffle_groups} shuffle groups")
         self.depthwise = nn.Conv2d(channels, channels, 3, 1, dilation, dilation=dilation, groups=channels, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
+        self.act1 = nn.ReLU(inplace=True) if inner_activation else nn.Identity()
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
         self.shuffle_groups = shuffle_groups
@@ -77,7 +84,7 @@ class RDSBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        y = self.bn1(self.depthwise(x))
+        y = self.act1(self.bn1(self.depthwise(x)))
         y = self.bn2(self.conv(y))
         if self.shuffle_groups > 1:
             y = channel_shuffle(y, self.shuffle_groups)
@@ -102,15 +109,17 @@ class RDSBlock(nn.Module):
 
 
 class RDSNet(SegmentationModel):
-    """``dropout``: spatial dropout in the five 128-channel blocks; ``dropout_early`` in the three
-    64-channel blocks (ENet's 0.1 / 0.01 split, which the RDS-Net table follows)."""
+    """Table I. ``dropout_early``: spatial dropout in the three 64-channel blocks (0.5); ``dropout``: in the five
+    128-channel blocks (0.3); ``dilations``: of the five 128-channel blocks; ``inner_activation``: a ReLU inside
+    each block's residual branch (see :class:`RDSBlock`)."""
 
     def __init__(
         self,
         num_classes: int = 19,
         dilations: Sequence[int] = (1, 2, 4, 8, 16),
-        dropout: float = 0.1,
-        dropout_early: float = 0.01,
+        dropout: float = 0.3,
+        dropout_early: float = 0.5,
+        inner_activation: bool = True,
     ):
         super().__init__()
         for name, p in (("dropout", dropout), ("dropout_early", dropout_early)):
@@ -120,10 +129,12 @@ class RDSNet(SegmentationModel):
         self.aux_names = ()
         self.down1 = ENetDownsample(3, 32)
         self.down2 = ENetDownsample(32, 64)
-        self.stage1 = nn.Sequential(*[RDSBlock(64, 1, dropout=dropout_early) for _ in range(3)])
+        self.stage1 = nn.Sequential(*[RDSBlock(64, 1, dropout=dropout_early, inner_activation=inner_activation)
+                                      for _ in range(3)])
         self.down3 = ENetDownsample(64, 128)
-        self.stage2 = nn.Sequential(*[RDSBlock(128, d, dropout=dropout) for d in dilations])
-        # 3x3 conv to classes at 1/8 (with bias: logits, no BN after); the base class upsamples x8.
+        self.stage2 = nn.Sequential(*[RDSBlock(128, d, dropout=dropout, inner_activation=inner_activation)
+                                      for d in dilations])
+        # 3x3 conv to classes at 1/8 (with bias: logits, no BN after); the base class upsamples x8 bilinearly.
         self.classifier = nn.Conv2d(128, num_classes, 3, 1, 1)
 
     def forward_features(self, x):
@@ -138,7 +149,7 @@ class RDSNet(SegmentationModel):
     paper_size=(360, 640),
     paper_params=None,
     paper_macs=None,
-    paper_fps=77,
+    paper_fps=77.0,  # Table V, 640x360
     paper_hardware="GTX 1050",
 )
 def rdsnet(num_classes: int = 19, **kwargs) -> RDSNet:
