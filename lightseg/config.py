@@ -56,6 +56,7 @@ DEFAULTS: dict = {
             "warmup_start": 0.1,
             "plateau_factor": 0.5,
             "plateau_patience": 3,
+            "plateau_monitor": "val_miou",
         },
         "loss": {
             "name": "ce",
@@ -95,6 +96,7 @@ CHOICES = {
     "data.normalize": ("imagenet", "minus_one_one"),
     "train.optimizer.name": ("sgd", "adam", "adamw"),
     "train.scheduler.name": ("poly", "cosine", "constant", "plateau"),
+    "train.scheduler.plateau_monitor": ("val_miou", "train_loss"),
     "train.loss.name": ("ce", "ohem", "lovasz", "ce+lovasz"),
     "train.loss.class_weights": (None, "enet", "median_freq"),
     "train.loss.aux_mode": ("downsample", "upsample"),

@@ -313,12 +313,13 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def build_criterion(loss_cfg: dict, num_classes: int, ignore_index: int = IGNORE_INDEX, class_weights=None,
-                    aux_names=()) -> DeepSupervisionLoss:
+                    aux_names=(), default_aux_weights=None) -> DeepSupervisionLoss:
     """The recipe's ``train.loss`` section as a :class:`DeepSupervisionLoss`.
 
     ``class_weights``: a tensor of ``num_classes`` weights (from :func:`cached_class_weights`) or None.
-    ``aux_names``: the model's ``aux_names``; ``aux_weights`` must have one entry per name
-    (null = aux heads get weight 0).
+    ``aux_names``: the model's ``aux_names``; ``aux_weights`` must have one entry per name. Null takes
+    ``default_aux_weights`` (the model's ``aux_weights``: its paper's); a model with aux heads and no
+    defaults then needs them in the recipe (refused, not silently trained at weight 0).
     """
     name = loss_cfg.get("name", "ce")
     if name not in LOSS_NAMES:
@@ -349,7 +350,12 @@ def build_criterion(loss_cfg: dict, num_classes: int, ignore_index: int = IGNORE
     aux_names = tuple(aux_names)
     aux_weights = loss_cfg.get("aux_weights")
     if aux_weights is None:
-        aux_weights = [0.0] * len(aux_names)
+        if aux_names and not default_aux_weights:
+            raise ConfigError(
+                f"train.loss.aux_weights is null but the model has {len(aux_names)} aux heads ({', '.join(aux_names)}) "
+                f"and no paper default; give one weight per head, e.g. --set train.loss.aux_weights="
+                f"[{', '.join(['0.4'] * len(aux_names))}] (0 to train them without effect)")
+        aux_weights = list(default_aux_weights or [])
     if not isinstance(aux_weights, (list, tuple)) or not all(isinstance(w, (int, float)) and math.isfinite(w) for w in aux_weights):
         raise ConfigError(f"train.loss.aux_weights must be a list of numbers (one per aux head), got {aux_weights!r}")
     if len(aux_weights) != len(aux_names):

@@ -106,6 +106,21 @@ def test_split_roles_resolve_to_configured_split_names(tmp_path):
     assert len(build_dataset(cfg, "val", train=False)) == 2
 
 
+def test_split_lists_join_splits(tmp_path):
+    # The papers' CamVid protocol trains on train + val: data.train_split: [train, val]
+    root = make_camvid(tmp_path / "camvid")
+    both = build_dataset(camvid_cfg(root, train_split=["train", "val"]), "train", train=True)
+    train = build_dataset(camvid_cfg(root), "train", train=False)
+    val = build_dataset(camvid_cfg(root), "val", train=False)
+    assert both.files == train.files + val.files and len(both) == 5 and both.split == "train+val"
+    assert torch.equal(build_dataset(camvid_cfg(root, train_split=["train", "val"]), "train", train=False)[3][1], val[0][1])
+    for bad in ([], ["train", "train"], ["train", ""]):
+        with pytest.raises(ConfigError, match="split list"):
+            build_dataset(camvid_cfg(root, train_split=bad), "train", train=True)
+    with pytest.raises(DataError, match="tset"):
+        build_dataset(camvid_cfg(root, train_split=["train", "tset"]), "train", train=True)
+
+
 def test_real_camvid(camvid):
     train = build_dataset(camvid_cfg(camvid), "train", train=False)
     val = build_dataset(camvid_cfg(camvid), "val", train=False)

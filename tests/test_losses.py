@@ -208,7 +208,17 @@ def test_build_criterion_from_recipe():
     logits, target = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
     total, _ = build_criterion({"name": "ce+lovasz", "lovasz_weight": 0.5}, 3)(logits, target)
     assert total.item() == pytest.approx(CrossEntropy()(logits, target).item() + 0.5 * LovaszSoftmax()(logits, target).item(), rel=1e-6)
-    # aux_weights null: the aux heads are logged but do not change the loss
-    crit = build_criterion({"name": "ce", "aux_weights": None}, 3, aux_names=("s1",))
-    total, parts = crit({"out": logits, "aux": [torch.randn(1, 3, 2, 2)]}, target)
-    assert set(parts) == {"out", "s1"} and total.item() == pytest.approx(CrossEntropy()(logits, target).item())
+    # aux_weights null: the model's (paper's) default weights; a model with aux heads and none is refused,
+    # never trained silently at weight 0
+    aux = torch.randn(1, 3, 4, 4)
+    crit = build_criterion({"name": "ce", "aux_weights": None, "aux_mode": "upsample"}, 3, aux_names=("s1",),
+                           default_aux_weights=(0.4,))
+    total, parts = crit({"out": logits, "aux": [aux]}, target)
+    assert set(parts) == {"out", "s1"}
+    assert total.item() == pytest.approx(CrossEntropy()(logits, target).item() + 0.4 * CrossEntropy()(aux, target).item(), rel=1e-6)
+    with pytest.raises(ConfigError, match=r"aux_weights is null but the model has 1 aux heads \(s1\)"):
+        build_criterion({"name": "ce", "aux_weights": None}, 3, aux_names=("s1",))
+    # an explicit 0 still trains the heads without effect on the loss
+    crit = build_criterion({"name": "ce", "aux_weights": [0.0]}, 3, aux_names=("s1",))
+    total, parts = crit({"out": logits, "aux": [aux]}, target)
+    assert total.item() == pytest.approx(CrossEntropy()(logits, target).item())

@@ -5,6 +5,8 @@ import random
 import cv2
 import numpy as np
 import pytest
+
+from lightseg.errors import ConfigError
 import torch
 import torch.nn as nn
 
@@ -101,6 +103,30 @@ def test_plateau_halves_after_patience_and_state_round_trip():
     s2, _ = _sched(name="plateau", plateau_patience=2)
     s2.load_state_dict(s.state_dict())
     assert s2.lr_at(10) == pytest.approx(0.05) and s2.best_metric == 0.4
+
+
+def test_plateau_on_the_training_loss_per_epoch_and_resume_mid_epoch():
+    # RDS-Net halves the lr "when the loss is stagnant": the epoch's mean training loss, lower is better.
+    def sched():
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        return IterationScheduler(opt, {"name": "plateau", "plateau_patience": 2, "plateau_monitor": "train_loss"},
+                                  base_lr=0.1, max_iters=100, iters_per_epoch=2)
+    s = sched()
+    s.on_validation(0.9)  # a val mIoU is not what it watches
+    losses = [2.0, 1.0, 1.0, 0.8, 0.95, 0.95, 1.0, 0.9]  # epoch means 1.5, 0.9, 0.95, 0.95
+    for it, loss in enumerate(losses[:7]):
+        s.on_train_loss(it, loss)
+    assert s.lr_at(7) == pytest.approx(0.1) and s.num_bad == 1 and s.best_metric == pytest.approx(-0.9)
+    mid = s.state_dict()  # mid-epoch: one loss of the fourth epoch seen
+    s.on_train_loss(7, losses[7])
+    assert s.lr_at(8) == pytest.approx(0.05)  # two epochs without a lower mean loss
+    resumed = sched()
+    resumed.load_state_dict(mid)
+    resumed.on_train_loss(7, losses[7])
+    assert resumed.state_dict() == s.state_dict()
+    with pytest.raises(ConfigError, match="plateau_monitor"):
+        IterationScheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
+                           {"name": "plateau", "plateau_monitor": "val_loss"}, 0.1, 10)
 
 
 def test_backbone_lr_mult_groups():

@@ -69,10 +69,19 @@ def merged_data_cfg(data_cfg: dict) -> dict:
     return cfg
 
 
-def resolve_split(cfg: dict, split: str) -> str:
-    """``"train"``/``"val"`` stand for ``data.train_split``/``data.val_split``; any other name is used as is."""
-    if split in ("train", "val"):
-        return cfg[f"{split}_split"] or split
+def resolve_split(cfg: dict, split):
+    """``"train"``/``"val"`` stand for ``data.train_split``/``data.val_split``; any other name is used as is.
+    A split may be a list of names (``[train, val]``: the papers' CamVid protocol), whose samples are joined."""
+    if isinstance(split, str) and split in ("train", "val"):
+        configured = cfg[f"{split}_split"]
+        split = split if configured is None else configured
+    if isinstance(split, (list, tuple)):
+        names = [str(s) for s in split]
+        if not names or any(not s for s in names) or len(set(names)) != len(names):
+            raise ConfigError(f"a split list must name distinct, non-empty splits, e.g. [train, val]; got {list(split)!r}")
+        return names[0] if len(names) == 1 else names
+    if not isinstance(split, str) or not split:
+        raise ConfigError(f"a split is a name (train, val, test) or a list of names, got {split!r}")
     return split
 
 
@@ -86,12 +95,21 @@ def build_dataset(data_cfg: dict, split: str, train: bool) -> SegmentationDatase
     if not cfg["root"]:
         raise ConfigError("data.root is not set; point it at the dataset folder (or pass --data-root)")
     split = resolve_split(cfg, split)
-    common = dict(split=split, normalize=cfg["normalize"])
-    if name == "folder":
-        ds = FolderDataset(cfg["root"], classes=cfg["classes"], palette=cfg["palette"], label_map=cfg["label_map"],
-                           image_dir=cfg["image_dir"], label_dir=cfg["label_dir"], list_file=cfg["list_file"], **common)
-    else:
-        ds = DATASETS[name](cfg["root"], **common)
+    names = split if isinstance(split, list) else [split]
+    parts = []
+    for one in names:
+        common = dict(split=one, normalize=cfg["normalize"])
+        if name == "folder":
+            parts.append(FolderDataset(cfg["root"], classes=cfg["classes"], palette=cfg["palette"],
+                                       label_map=cfg["label_map"], image_dir=cfg["image_dir"],
+                                       label_dir=cfg["label_dir"], list_file=cfg["list_file"], **common))
+        else:
+            parts.append(DATASETS[name](cfg["root"], **common))
+    ds = parts[0]
+    for other in parts[1:]:  # same dataset class and root: the splits differ only in their file lists
+        ds.files.extend(other.files)
+    if len(parts) > 1:
+        ds.split = "+".join(names)
     if train:
         ds.transform = build_train_transforms(cfg["train_transforms"], image_fill=ds.image_fill())
     return ds

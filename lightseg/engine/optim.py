@@ -50,14 +50,17 @@ class IterationScheduler:
     * ``poly``: ``(1 - it / max_iters) ** power`` (power 0.9, the DeepLab/MiniNet schedule);
     * ``cosine``: half a cosine from the base lr down to ``min_lr`` (ATONet: 1e-6);
     * ``constant``;
-    * ``plateau``: constant, multiplied by ``plateau_factor`` (0.5: RDS-Net halves it) when the
-      validation mIoU has not improved for ``plateau_patience`` validations.
+    * ``plateau``: constant, multiplied by ``plateau_factor`` (0.5: RDS-Net halves it) when the monitored
+      value has not improved for ``plateau_patience`` checks. ``plateau_monitor``: ``val_miou`` (checked at
+      each validation) or ``train_loss`` (the epoch's mean training loss, checked at each epoch's end:
+      RDS-Net's "when the loss is stagnant").
     * warm-up (any of them): the first ``warmup_iters`` iterations ramp linearly from
       ``warmup_start x`` to the full rate (the "slow start" of the ShuffleNetV2+DPC recipe).
     ``min_lr`` is a floor for poly and cosine.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, sched_cfg: dict, base_lr: float, max_iters: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, sched_cfg: dict, base_lr: float, max_iters: int,
+                 iters_per_epoch: int = 1):
         self.optimizer = optimizer
         self.name = sched_cfg["name"]
         if self.name not in ("poly", "cosine", "constant", "plateau"):
@@ -70,10 +73,18 @@ class IterationScheduler:
         self.warmup_start = float(sched_cfg.get("warmup_start", 0.1))
         self.plateau_factor = float(sched_cfg.get("plateau_factor", 0.5))
         self.plateau_patience = int(sched_cfg.get("plateau_patience", 3))
-        # plateau state (the only state that is not a function of the iteration)
+        self.plateau_monitor = sched_cfg.get("plateau_monitor", "val_miou")
+        if self.plateau_monitor not in ("val_miou", "train_loss"):
+            raise ConfigError(f"train.scheduler.plateau_monitor: {self.plateau_monitor!r}; use val_miou or train_loss")
+        self.iters_per_epoch = max(1, int(iters_per_epoch))
+        # plateau state (the only state that is not a function of the iteration): the scale, the best value
+        # seen (higher is better: the loss is stored negated), checks without improvement, and the current
+        # epoch's running loss sum and count (train_loss monitor; saved so that resuming mid-epoch is exact).
         self.plateau_scale = 1.0
         self.best_metric = -math.inf
         self.num_bad = 0
+        self.epoch_loss_sum = 0.0
+        self.epoch_loss_count = 0
 
     def lr_at(self, iteration: int) -> float:
         """The (head group's) learning rate used for the update of 0-based ``iteration``."""
@@ -98,7 +109,24 @@ class IterationScheduler:
         return lr
 
     def on_validation(self, metric: float) -> None:
-        """Plateau bookkeeping (every schedule keeps it; only ``plateau`` acts on it)."""
+        """A validation mIoU (plateau bookkeeping when it is the monitored value)."""
+        if self.plateau_monitor == "val_miou":
+            self._plateau_check(metric)
+
+    def on_train_loss(self, iteration: int, loss: float) -> None:
+        """The training loss of 0-based ``iteration``; at an epoch's last iteration the epoch's mean loss
+        is the monitored value when ``plateau_monitor`` is ``train_loss``."""
+        if self.plateau_monitor != "train_loss":
+            return
+        self.epoch_loss_sum += float(loss)
+        self.epoch_loss_count += 1
+        if (iteration + 1) % self.iters_per_epoch == 0:
+            mean = self.epoch_loss_sum / self.epoch_loss_count
+            self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+            self._plateau_check(-mean)
+
+    def _plateau_check(self, metric: float) -> None:
+        """Plateau bookkeeping (every schedule keeps it; only ``plateau`` acts on it). Higher is better."""
         if metric > self.best_metric + 1e-6:
             self.best_metric = float(metric)
             self.num_bad = 0
@@ -110,9 +138,12 @@ class IterationScheduler:
 
     def state_dict(self) -> dict:
         return {"name": self.name, "plateau_scale": float(self.plateau_scale),
-                "best_metric": float(self.best_metric), "num_bad": int(self.num_bad)}
+                "best_metric": float(self.best_metric), "num_bad": int(self.num_bad),
+                "epoch_loss_sum": float(self.epoch_loss_sum), "epoch_loss_count": int(self.epoch_loss_count)}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_scale = float(state["plateau_scale"])
         self.best_metric = float(state["best_metric"])
         self.num_bad = int(state["num_bad"])
+        self.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
+        self.epoch_loss_count = int(state.get("epoch_loss_count", 0))

@@ -311,7 +311,8 @@ class Trainer:
         self.val_interval = (t["val_every_epochs"] * self.iters_per_epoch) if t["val_every_epochs"] else t["val_interval"]
 
         self.optimizer = build_optimizer(model, t["optimizer"])
-        self.scheduler = IterationScheduler(self.optimizer, t["scheduler"], t["optimizer"]["lr"], self.max_iters)
+        self.scheduler = IterationScheduler(self.optimizer, t["scheduler"], t["optimizer"]["lr"], self.max_iters,
+                                            self.iters_per_epoch)
         self.amp_dtype = None
         if t["amp"] and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if t["amp"] == "bf16" else torch.float16
@@ -332,7 +333,8 @@ class Trainer:
         from ..losses import build_criterion
 
         ignore = getattr(self.train_set, "ignore_index", 255)
-        self.criterion = build_criterion(t["loss"], n_cls, ignore, class_weights, self.aux_names)
+        self.criterion = build_criterion(t["loss"], n_cls, ignore, class_weights, self.aux_names,
+                                         getattr(self.model, "aux_weights", None))
         if hasattr(self.criterion, "to"):
             self.criterion = self.criterion.to(self.device)
 
@@ -547,6 +549,7 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
+                    self.scheduler.on_train_loss(it, loss_value)
                     loss_sum += loss_value
                     loss_count += 1
                     seen += images.shape[0] * self.dist.world_size
