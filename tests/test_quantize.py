@@ -72,7 +72,12 @@ def test_rds_block_folds_its_shuffle():
         torch.testing.assert_close(block(x), ref, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cin,cout,separable", [(3, 16, False), (16, 32, True), (32, 32, True)])
+def test_spp_downsample_without_pool_is_left_to_conv_bn_folding():
+    down = SPPDownsample(32, 32)  # C_in == C_out: the paper omits the pool branch; conv -> BN folds generically
+    assert down.pool is None and down.reparameterize() is down
+
+
+@pytest.mark.parametrize("cin,cout,separable", [(3, 16, False), (16, 32, True), (64, 96, True)])
 def test_spp_downsample_merge_is_exact(cin, cout, separable):
     down = scramble(SPPDownsample(cin, cout, separable=separable))
     x = torch.randn(2, cin, 15, 22)  # odd height: the pool's ceil_mode matters
