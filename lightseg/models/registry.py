@@ -126,6 +126,8 @@ def create_model(name: str, num_classes: int = 19, pretrained_backbone: str | No
         raise LightsegError(f"num_classes must be a positive integer, got {num_classes!r}")
     try:
         model = info.builder(num_classes=num_classes, **kwargs)
+    except LightsegError:
+        raise
     except (TypeError, ValueError) as e:  # a wrong or out-of-range switch: a user error
         raise LightsegError(f"model {name!r}: {e}") from e
     model.lightseg_name = name
