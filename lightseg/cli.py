@@ -14,6 +14,12 @@ from .errors import LightsegError
 EXIT_USER_ERROR = 2
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _size(values):
     return (int(values[0]), int(values[1])) if values else None
 
@@ -26,21 +32,26 @@ def cmd_models(args):
         rows = paper_rows(args.paper or None)
         print(json.dumps(rows, indent=2) if args.json else format_paper_rows(rows))
         return
-    from .zoo import models_table
+    from .zoo import format_models_table, models_table
 
     rows = models_table(size=_size(args.size))
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    from .zoo import format_models_table
-
     print(format_models_table(rows))
 
 
 def cmd_train(args):
     from .engine.train import train
 
-    train(args.config, overrides=args.set, resume=args.resume, skip_bad=args.skip_bad)
+    overrides = list(args.set)
+    if args.data_root is not None:
+        overrides.append(f"data.root={args.data_root}")
+    if args.no_val:
+        overrides.append("train.val_interval=0")
+    if args.tensorboard:
+        overrides.append("train.tensorboard=true")
+    train(args.config, overrides=overrides, resume=args.resume, skip_bad=args.skip_bad)
 
 
 def cmd_eval(args):
@@ -49,11 +60,16 @@ def cmd_eval(args):
     evaluate_command(
         args.config,
         checkpoint=args.checkpoint,
+        weights=args.weights,
         split=args.split,
         data_root=args.data_root,
         overrides=args.set,
         flip=args.flip,
         scales=args.scales,
+        mode=args.mode,
+        crop=args.crop,
+        stride=args.stride,
+        device=args.device,
         as_json=args.json,
         output=args.output,
         save_predictions=args.save_predictions,
@@ -77,7 +93,7 @@ def cmd_bench(args):
 
 
 def cmd_export(args):
-    from .deploy.export import export_command
+    from .deploy.commands import export_command
 
     export_command(args)
 
@@ -96,6 +112,28 @@ def cmd_plot(args):
 
 
 # ---------------------------------------------------------------- parser
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _key_value(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. train.iters=1000); "
+                                         "the recipe goes before --set: lightseg train RECIPE --set KEY=VALUE ...")
+    return text
+
+
+def _add_set(s):
+    # nargs="+" with "extend": --set a=1 b=2 (mmseg's --cfg-options style) and --set a=1 --set b=2 both work.
+    s.add_argument("--set", nargs="+", action="extend", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="override recipe keys, e.g. --set train.iters=1000 train.batch_size=4 (values are YAML; "
+                        "repeating --set works too)")
+
+
+def _add_device(s, what="the model"):
+    s.add_argument("--device", default="auto", choices=DEVICES,
+                   help=f"where {what} runs: auto = CUDA if available, then Apple MPS, then the CPU (default auto)")
+
+
 def _add_calibration_args(s):
     s.add_argument("--calib", default=None, metavar="DIR",
                    help="int8 only: a folder of images like those the model will see, to calibrate the int8 ranges "
@@ -111,12 +149,22 @@ def _add_int8_mode_arg(s):
                         "(u8s8 with VNNI/AMX/ARM, u8s8_reduce_range on x86 without VNNI); give the target CPU's")
 
 
+def _add_window_args(s, default, where):
+    s.add_argument("--mode", default=default, choices=["whole", "slide"],
+                   help=f"whole-image or sliding-window inference (default: {where})")
+    s.add_argument("--crop", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="slide: the window size in pixels (of the image as the model sees it)")
+    s.add_argument("--stride", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="slide: the step between windows (default: two thirds of --crop)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightseg", description="Lightweight real-time semantic segmentation.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("models", help="list registered models with params and MACs")
+    s = sub.add_parser("models", help="list registered models with params, MACs and shipped weights")
     s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size for MACs (default: each paper's size)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--paper", nargs="?", const="", default=None, metavar="NAME",
@@ -124,26 +172,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "shufflenetv2_dpc, rdsnet), the paper's params and FLOPs beside ours")
     s.set_defaults(func=cmd_models)
 
-    s = sub.add_parser("train", help="train from a recipe (configs/<model>_<dataset>.yaml)")
-    s.add_argument("config")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. train.iters=1000")
+    s = sub.add_parser("train", help="train from a recipe (a name such as mininet_211k_camvid, or a YAML path)")
+    s.add_argument("config", metavar="RECIPE", help="a recipe name such as mininet_211k_camvid (an unknown name lists them) or a YAML file")
+    _add_set(s)
+    s.add_argument("--data-root", default=None, metavar="DIR", help="the dataset folder (same as --set data.root=DIR)")
     s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_DIR|CKPT",
                    help="continue a run (no value: the run directory of this recipe)")
+    s.add_argument("--no-val", action="store_true",
+                   help="train without validation (same as --set train.val_interval=0): no best.pt is written")
+    s.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard event files in RUN_DIR/tensorboard (needs pip install 'lightseg[tensorboard]')")
     s.add_argument("--skip-bad", action="store_true", help="skip and log unreadable/inconsistent samples instead of stopping")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint: confusion matrix, per-class IoU, mIoU")
-    s.add_argument("config")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--split", default="val", choices=["train", "val", "test"])
-    s.add_argument("--data-root", default=None)
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("config", metavar="RECIPE", help="the recipe the model was trained with (a name or a YAML file)")
+    s.add_argument("--checkpoint", default=None, metavar="CKPT", help="a .pt written by lightseg train")
+    s.add_argument("--weights", default=None, metavar="NAME",
+                   help="instead of --checkpoint: weights shipped with lightseg for the recipe's model (e.g. camvid)")
+    s.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split to score (default val)")
+    s.add_argument("--data-root", default=None, metavar="DIR", help="the dataset folder (same as --set data.root=DIR)")
+    _add_set(s)
     s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
+    s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
+    _add_window_args(s, None, "the recipe's eval.mode, whole unless set")
     s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
                    help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX: see lightseg bench)")
+    _add_device(s)
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
-    s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     s.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     s.add_argument("--output", default=None, help="where to write metrics JSON (default: next to the checkpoint)")
     s.add_argument("--save-predictions", default=None, metavar="DIR",
@@ -151,53 +208,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("score", help="score saved prediction PNGs against ground truth")
-    s.add_argument("--pred-dir", required=True)
-    s.add_argument("--gt-dir", required=True)
-    s.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"])
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--pred-dir", required=True, metavar="DIR", help="the folder of prediction PNGs")
+    s.add_argument("--gt-dir", required=True, metavar="DIR",
+                   help="ground truth: the Cityscapes root (or a gtFine/<split> folder), or CamVid's label folder")
+    s.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"], help="which label convention to score")
+    s.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("bench", help="params, MACs, latency and FPS on this machine")
     s.add_argument("--model", action="append", default=None, help="model name (repeatable)")
     s.add_argument("--all-models", action="store_true", help="every registered model at its paper's resolution")
-    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"))
-    s.add_argument("--batch", type=int, default=1)
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the paper's)")
+    s.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    _add_device(s)
     s.add_argument("--backend", default="eager", choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "all"],
                    help="eager_nchw: the model as written; eager: BN folded + channels_last; compile: torch.compile; "
                         "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); all: each of them")
-    s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    s.add_argument("--warmup", type=int, default=None)
-    s.add_argument("--runs", type=int, default=None)
+    s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="eager backends: the arithmetic type (float16 is for CUDA)")
+    s.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
+    s.add_argument("--runs", type=int, default=None, help="timed calls (default: as many as fit the time budget, 3..100)")
     s.add_argument("--peak", action="store_true", help="measure this machine's matmul and conv GFLOP/s peak")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("export", help="export a model to ONNX (with a parity check against PyTorch)")
-    s.add_argument("--model", required=True)
-    s.add_argument("--checkpoint", default=None)
-    s.add_argument("--num-classes", type=int, default=None)
-    s.add_argument("--size", nargs=2, type=int, required=True, metavar=("H", "W"))
+    s.add_argument("--model", default=None, help="model name (optional with a lightseg checkpoint, which names it)")
+    s.add_argument("--checkpoint", default=None, metavar="CKPT", help="trained weights (default: random weights)")
+    s.add_argument("--weights", default=None, metavar="NAME", help="instead of --checkpoint: weights shipped with lightseg")
+    s.add_argument("--num-classes", type=int, default=None, help="classes of an untrained model (default 19)")
+    s.add_argument("--size", nargs=2, type=int, required=True, metavar=("H", "W"), help="the input size to export for")
     s.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     s.add_argument("--int8", action="store_true", help="quantise to int8 (static, calibrated; CPU deployment)")
+    _add_device(s, "the parity check")
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
-    s.add_argument("-o", "--output", required=True)
+    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("predict", help="segment an image, a folder of images or a video")
-    s.add_argument("--model", required=True)
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--input", required=True)
-    s.add_argument("--output", default="predictions")
-    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"])
+    s = sub.add_parser("predict", help="segment images, a folder, a glob, a video, a camera or a stream")
+    s.add_argument("--model", default=None, help="model name (optional with a lightseg checkpoint, which names it)")
+    s.add_argument("--checkpoint", default=None, metavar="CKPT", help="a .pt written by lightseg train")
+    s.add_argument("--weights", default=None, metavar="NAME",
+                   help="instead of --checkpoint: weights shipped with lightseg (e.g. camvid; see lightseg models)")
+    s.add_argument("--input", required=True, metavar="SOURCE",
+                   help="an image, a folder, a glob ('imgs/*.png'), a video file, a camera index (0) or a stream URL")
+    s.add_argument("--output", default="predictions", metavar="DIR", help="output folder (default predictions)")
+    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
+                   help="what runs the model: PyTorch, fp32 ONNX Runtime or int8 ONNX Runtime (CPU)")
+    _add_device(s)
     s.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
+    s.add_argument("--batch", type=int, default=1, help="images per model call (same-size images; default 1)")
+    _add_window_args(s, "whole", "whole")
+    s.add_argument("--show", action="store_true", help="video/camera/stream: also show the overlay in a window (q quits)")
+    s.add_argument("--max-frames", type=int, default=None, metavar="N", help="video/camera/stream: stop after N frames")
     _add_calibration_args(s)
+    _add_int8_mode_arg(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("plot", help="loss, learning rate and mIoU curves of a run as a PNG")
-    s.add_argument("run_dir")
-    s.add_argument("--output", default=None)
+    s.add_argument("run_dir", help="a run directory (holds log.jsonl)")
+    s.add_argument("--output", default=None, help="the PNG to write (default RUN_DIR/curves.png)")
     s.set_defaults(func=cmd_plot)
     return p
 

@@ -71,18 +71,22 @@ DEFAULTS: dict = {
         "channels_last": "auto",
         "seed": 0,
         "deterministic": True,
-        "val_interval": 1000,
+        "val_interval": 1000,   # 0: no validation (no best.pt)
         "val_every_epochs": None,
         "log_interval": 20,
         "ckpt_interval": 500,
         "sync_bn": False,
         "grad_clip": None,
         "device": "auto",
+        "tensorboard": False,   # also write TensorBoard event files (pip install 'lightseg[tensorboard]')
     },
     "eval": {
         "flip": False,
         "scales": [1.0],
         "batch_size": 1,
+        "mode": "whole",   # or "slide": windows of eval.crop every eval.stride (lightseg.inference)
+        "crop": None,
+        "stride": None,
     },
     # null: runs/<recipe file name without .yaml>
     "output_dir": None,
@@ -102,15 +106,17 @@ CHOICES = {
     "train.loss.aux_mode": ("downsample", "upsample"),
     "train.amp": (None, "bf16", "fp16"),
     "train.channels_last": ("auto", True, False),
+    "eval.mode": ("whole", "slide"),
 }
 # [H, W] pairs of positive integers (or null).
-SIZE_KEYS = {"data.train_transforms.crop", "data.train_transforms.resize", "data.eval_size"}
-POSITIVE_INTS = {"model.num_classes", "train.iters", "train.epochs", "train.batch_size", "train.val_interval",
+SIZE_KEYS = {"data.train_transforms.crop", "data.train_transforms.resize", "data.eval_size", "eval.crop", "eval.stride"}
+POSITIVE_INTS = {"model.num_classes", "train.iters", "train.epochs", "train.batch_size",
                  "train.log_interval", "train.ckpt_interval", "eval.batch_size", "train.val_every_epochs"}
 NON_NEGATIVE_NUMBERS = {"train.optimizer.lr", "train.optimizer.weight_decay", "train.optimizer.momentum",
                         "train.scheduler.min_lr", "train.scheduler.warmup_iters", "data.num_workers",
                         "data.train_transforms.translate", "data.train_transforms.color_jitter",
-                        "train.loss.lovasz_weight", "train.scheduler.plateau_patience", "train.grad_clip"}
+                        "train.loss.lovasz_weight", "train.scheduler.plateau_patience", "train.grad_clip",
+                        "train.val_interval"}
 
 
 def _where(source) -> str:
@@ -215,6 +221,10 @@ def _apply_iters_or_epochs(cfg: dict, layer: dict) -> None:
         cfg["train"]["epochs"] = None
     if train.get("epochs") is not None and "iters" not in train:
         cfg["train"]["iters"] = None
+    # Likewise the validation cadence: a layer that sets train.val_interval (0: no validation) wins over
+    # an earlier layer's val_every_epochs.
+    if "val_interval" in train and "val_every_epochs" not in train:
+        cfg["train"]["val_every_epochs"] = None
 
 
 def _type_name(v) -> str:
@@ -297,11 +307,39 @@ def validate(cfg: dict, source=None) -> dict:
     return cfg
 
 
+def recipe_dirs() -> list[Path]:
+    """Where recipes are found by name: the package's ``recipes`` folder (an installed wheel carries
+    the checkout's ``configs/`` there) and, in a checkout, ``configs/`` itself."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "recipes", here.parent / "configs") if d.is_dir()]
+
+
+def list_recipes() -> list[str]:
+    return sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+
+
+def resolve_recipe(name_or_path) -> Path:
+    """A recipe file: ``name_or_path`` itself when it is a file, else the shipped recipe of that name
+    (``mininet_211k_camvid``, ``mininet_211k_camvid.yaml`` or ``configs/mininet_211k_camvid.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.parent.name in ("", "configs") and path.suffix in ("", ".yaml", ".yml"):
+        for d in recipe_dirs():
+            candidate = d / f"{path.stem}.yaml"
+            if candidate.is_file():
+                return candidate
+    names = list_recipes()
+    close = difflib.get_close_matches(path.stem, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"recipe {str(name_or_path)!r} not found: no such YAML file and no shipped recipe of that name.{hint} "
+                      f"Shipped recipes: {', '.join(names) or 'none'}")
+
+
 def load_config(path, overrides=()) -> dict:
-    """Read the recipe at ``path``, merge it over DEFAULTS, apply ``overrides`` ('a.b=c'), validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} not found; pass a YAML file such as configs/mininet_95k_camvid.yaml")
+    """Read the recipe at ``path`` (a YAML file or a shipped recipe's name), merge it over DEFAULTS,
+    apply ``overrides`` ('a.b=c'), validate."""
+    path = resolve_recipe(path)
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

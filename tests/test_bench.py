@@ -10,7 +10,7 @@ import torch.nn as nn
 import lightseg
 from lightseg.cli import main
 from lightseg.deploy import bench
-from lightseg.deploy.bench import benchmark, format_table, percentile, time_callable
+from lightseg.deploy.bench import benchmark, format_table, time_callable
 from lightseg.deploy.quantize import choose_int8_mode
 
 SLEEP_S = 0.020
@@ -26,12 +26,6 @@ class Sleeper(nn.Module):
     def forward(self, x):
         time.sleep(SLEEP_S)
         return self.conv(x)
-
-
-def test_percentile_hand_computed():
-    assert percentile([1, 2, 3, 4], 50) == 2.5
-    assert percentile([10, 20, 30, 40, 50], 90) == pytest.approx(46.0)  # 40 + 0.6 * 10
-    assert percentile([7], 90) == 7
 
 
 def test_time_callable_sleep_within_10_percent():

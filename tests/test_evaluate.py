@@ -297,6 +297,16 @@ def test_eval_command_round_trip_with_score(tmp_path, capsys):
     assert scored["confusion_matrix"] == report["confusion_matrix"]
     assert scored["category_iou"] == report["category_iou"]
 
+    # sliding windows as large as the image are the whole image; smaller ones run too (issue 14)
+    assert main([*argv[:-2], "--mode", "slide", "--crop", "64", "96"]) == 0
+    slide_report = json.loads(capsys.readouterr().out)
+    assert slide_report["mode"] == "slide" and slide_report["crop"] == [64, 96] and slide_report["stride"] == [43, 64]
+    assert slide_report["confusion_matrix"] == report["confusion_matrix"]
+    assert json.loads((tmp_path / "run" / "metrics_slide.json").read_text()) == slide_report
+    assert main([*argv[:-2], "--mode", "slide", "--crop", "64", "64", "--stride", "32", "32"]) == 0
+    assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion_matrix"])) == sum(map(sum, report["confusion_matrix"]))
+    assert main([*argv[:-2], "--mode", "slide"]) == 2 and "eval.crop" in capsys.readouterr().err
+
     # the deployment paths evaluate through the same command: fp32 ONNX gives the eager confusion matrix,
     # int8 (calibrated on the images) runs and says what it is; each writes its own metrics file
     assert main([*argv[:-2], "--backend", "onnxruntime"]) == 0

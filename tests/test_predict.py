@@ -140,3 +140,137 @@ def test_bad_inputs_exit_2(trained, tmp_path, capsys):
     assert main(["predict", "--model", "mininet_95k", "--checkpoint", str(ckpt), "--input", str(tmp_path / "ok.png")]) == 2
     err = capsys.readouterr().err
     assert f"holds a {MODEL!r} model" in err and f"--model {MODEL}" in err
+
+
+# ------------------------------------------------------------------ inputs, batching, pipeline (issue 14)
+def write_video(path, frames=6, h=64, w=96, fps=10.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.full((h, w, 3), 40 * i % 256, np.uint8))
+    writer.release()
+    return path
+
+
+def test_glob_batch_and_warm_timing(trained, tmp_path):
+    ckpt, _ = trained
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(3):
+        write_image(src / f"f{i}.png", seed=i)
+    write_image(src / "other.jpg", seed=9)
+    one = predict(None, ckpt, str(src / "f*.png"), tmp_path / "b1")  # a glob; --model comes from the checkpoint
+    assert one["images"] == 3 and one["warm_calls"] == 2 and one["first_call_ms"] > 0 and one["fps"] > 0
+    two = predict(MODEL, ckpt, str(src / "f*.png"), tmp_path / "b2", batch=2)
+    assert two["batch"] == 2 and one["end_to_end_fps"] and two["end_to_end_fps"]
+    for i in range(3):
+        a = cv2.imread(str(tmp_path / "b1" / f"f{i}_label.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "b2" / f"f{i}_label.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "b1" / "other_label.png").exists()
+    # one image: a second, warm call is timed, so the FPS printed is not the first call's
+    single = predict(MODEL, ckpt, src / "other.jpg", tmp_path / "b3")
+    assert single["warm_calls"] == 1 and single["latency_ms_median"] > 0
+    with pytest.raises(LightsegError, match="glob"):
+        predict(MODEL, ckpt, str(src / "*.tif"), tmp_path / "b4")
+
+
+def test_camera_without_camera_fails_clearly(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    probe = cv2.VideoCapture(0)
+    if probe.isOpened():
+        probe.release()
+        pytest.skip("this machine has a camera 0")
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", "0", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open camera 0" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("*.mp4"))
+
+
+def test_stream_url_of_a_local_video_and_both_rates(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    video = write_video(tmp_path / "drive.mp4", frames=8)
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", video.resolve().as_uri(), "--max-frames", "5",
+                 "--output", str(tmp_path / "out"), "--size", "64", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "5 stream frame(s)" in out and "ms/frame" in out and "end to end" in out and "warm-up" in out
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "drive_overlay.mp4"))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == 5
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", "file:///nonexistent/x.mp4"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_video_frames_stay_in_order(trained, tmp_path):
+    ckpt, _ = trained
+    video = write_video(tmp_path / "ramp.mp4", frames=7)
+    s = predict(MODEL, ckpt, video, tmp_path / "out", backend="eager")
+    assert s["frames"] == 7 and s["fps"] and s["end_to_end_fps"]
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "ramp_overlay.mp4"))
+    means = []
+    ok, frame = cap.read()
+    while ok:
+        means.append(float(frame[40:, 10:90].mean()))  # below the FPS text, left of the legend
+        ok, frame = cap.read()
+    assert len(means) == 7 and means == sorted(means)  # the input frames get brighter one by one
+
+
+class FakeSegmenter:
+    """Labels = the frame's first pixel; each call sleeps a random time (the order must not depend on it)."""
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at = [], fail_at
+
+    def predict_batch(self, frames):
+        import time
+
+        self.calls.append(len(frames))
+        if self.fail_at is not None and int(frames[0][0, 0, 0]) == self.fail_at:
+            raise LightsegError("model failed")
+        time.sleep(np.random.default_rng(len(self.calls)).uniform(0, 0.01))
+        return [np.full(f.shape[:2], f[0, 0, 0], np.uint8) for f in frames]
+
+
+def test_run_pipeline_order_batches_and_errors():
+    from lightseg.deploy.predict import run_pipeline
+
+    frames = [(i, np.full((4, 4, 3), i, np.uint8)) for i in range(10)]
+    got = []
+    seg = FakeSegmenter()
+    assert run_pipeline(iter(frames), seg, lambda k, rgb, label: got.append((k, int(label[0, 0]))), batch_size=3) == 10
+    assert got == [(i, i) for i in range(10)] and sum(seg.calls) == 10 and max(seg.calls) <= 3
+
+    def bad_reader():
+        yield frames[0]
+        raise LightsegError("cannot decode frame 1")
+
+    with pytest.raises(LightsegError, match="decode frame 1"):
+        run_pipeline(bad_reader(), FakeSegmenter(), lambda *a: None)
+    with pytest.raises(LightsegError, match="model failed"):
+        run_pipeline(iter(frames), FakeSegmenter(fail_at=4), lambda *a: None)
+    with pytest.raises(ValueError, match="writer"):
+        run_pipeline(iter(frames), FakeSegmenter(), lambda k, *a: (_ for _ in ()).throw(ValueError("writer")) if k == 2 else None)
+
+
+def test_show_window(trained, tmp_path, capsys, monkeypatch):
+    ckpt, _ = trained
+    video = write_video(tmp_path / "v.mp4", frames=6)
+    argv = ["predict", "--checkpoint", str(ckpt), "--input", str(video), "--output", str(tmp_path / "o"), "--show"]
+    try:
+        cv2.namedWindow("lightseg-probe")
+        cv2.destroyWindow("lightseg-probe")
+    except cv2.error:  # headless OpenCV: a clear error, not a crash
+        assert main(argv) == 2
+        assert "--show needs an OpenCV build with a GUI" in capsys.readouterr().err
+    shown = []
+    monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(cv2, "destroyWindow", lambda *a: None)
+    monkeypatch.setattr(cv2, "imshow", lambda name, bgr: shown.append(bgr))
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: ord("q") if len(shown) == 3 else -1)
+    assert main(argv) == 0  # q after the third frame stops the run; the video of those frames is kept
+    assert len(shown) == 3 and "3 video frame(s)" in capsys.readouterr().out
+    assert (shown[2][5:30, 5:120].min(axis=2) > 200).sum() > 30  # the FPS text
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(video), "--show", "--output", str(tmp_path / "p"),
+                 "--max-frames", "2"]) == 0

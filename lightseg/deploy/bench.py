@@ -11,12 +11,12 @@ many timed runs as fit ``budget_s`` (3..100).
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -32,14 +32,6 @@ BENCH_CALIBRATION_COUNT = 2
 
 
 # ---------------------------------------------------------------------- timing
-def percentile(values, q):
-    """Linear-interpolation percentile (numpy's default) of a non-empty list."""
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def time_callable(fn, warmup=None, runs=None, sync=None, budget_s=5.0, min_runs=3, max_runs=100):
     """Latencies in ms of ``runs`` timed calls of ``fn()`` after ``warmup`` untimed ones.
 
@@ -137,12 +129,12 @@ def measure_peak(device="cpu", budget_s=2.0) -> dict:
     # The 25th-percentile latency: near the best the machine does, but not a single lucky (or mis-timed) run.
     with torch.inference_mode():
         lat, _ = time_callable(lambda: torch.mm(a, b), budget_s=budget_s, sync=sync, min_runs=8)
-        matmul = 2 * n**3 / (percentile(lat, 25) / 1000) / 1e9
+        matmul = 2 * n**3 / (float(np.percentile(lat, 25)) / 1000) / 1e9
         h, w = 256, 512
         conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last)
         x = torch.randn(1, 64, h, w, device=device).contiguous(memory_format=torch.channels_last)
         lat, _ = time_callable(lambda: conv(x), budget_s=budget_s, sync=sync, min_runs=8)
-        conv_gflops = 2 * h * w * 64 * 64 * 9 / (percentile(lat, 25) / 1000) / 1e9
+        conv_gflops = 2 * h * w * 64 * 64 * 9 / (float(np.percentile(lat, 25)) / 1000) / 1e9
     return {"matmul_gflops": round(matmul, 1), "conv3x3_gflops": round(conv_gflops, 1),
             "threads": torch.get_num_threads(), "device": str(device),
             "method": "fp32 2048^3 matmul and 3x3 conv 64->64 at 256x512 NHWC; 25th-percentile latency"}
@@ -219,7 +211,7 @@ def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=N
     record = {
         "model": name, "backend": backend, "size": list(size), "batch": batch, "device": str(dev), "dtype": str(dtype),
         "params": params, "macs": macs, "flops": 2 * macs,
-        "latency_ms_median": round(median, 3), "latency_ms_p90": round(percentile(lat, 90), 3),
+        "latency_ms_median": round(median, 3), "latency_ms_p90": round(float(np.percentile(lat, 90)), 3),
         "latency_ms_min": round(min(lat), 3), "fps": round(batch * 1000.0 / median, 2),
         "warmup": warmup_used, "runs": len(lat), "setup_s": round(setup_s, 2),
         "peak_mem_mb": round(mem.mb, 1) if mem.mb is not None else None,
@@ -288,10 +280,10 @@ def bench_command(args) -> list:
         raise LightsegError("nothing to benchmark: give --model NAME (repeatable), --all-models or --peak")
     if args.batch < 1:
         raise LightsegError(f"--batch must be >= 1, got {args.batch}")
-    resolve_device(args.device)
+    device = resolve_device(args.device)  # auto: CUDA, then MPS, then the CPU
     if args.backend == "all":
         backends = list(BACKENDS) if not args.all_models else ["eager_nchw", "onnxruntime", "onnxruntime_int8"]
-        if args.device == "cuda":
+        if device.type != "cpu":
             backends.remove("onnxruntime_int8")  # a CPU path (VNNI); Runtime refuses it on CUDA
     else:
         backends = [args.backend]
@@ -304,7 +296,7 @@ def bench_command(args) -> list:
     peak = None
     if args.peak:
         _log("measuring this machine's peak GFLOP/s (matmul, 3x3 conv channels_last) ...")
-        peak = measure_peak(args.device)
+        peak = measure_peak(device)
         _log(f"peak: matmul {peak['matmul_gflops']} GFLOP/s, conv3x3 {peak['conv3x3_gflops']} GFLOP/s "
              f"({peak['threads']} threads)")
     budget = ZOO_BUDGET_S if args.all_models else 5.0
@@ -313,7 +305,7 @@ def bench_command(args) -> list:
         size = tuple(args.size) if args.size else tuple(model_info(name).paper_size)
         for backend in backends:
             _log(f"bench {name} {backend} {args.batch}x3x{size[0]}x{size[1]} ...")
-            r = benchmark(name, size=size, batch=args.batch, device=args.device, backend=backend,
+            r = benchmark(name, size=size, batch=args.batch, device=device, backend=backend,
                           warmup=args.warmup, runs=args.runs, dtype=args.dtype, budget_s=budget, peak=peak)
             records.append(r)
         base = next((r for r in records if r["model"] == name and r["backend"] == "eager_nchw"), None)

@@ -63,6 +63,26 @@ def export_to_bytes(model: nn.Module, input_size, dynamic=False, opset=17, batch
     return buf.getvalue()
 
 
+def onnx_device(device="auto", int8=False) -> torch.device:
+    """Where ONNX Runtime runs: ``auto`` is CUDA when torch sees a GPU and this onnxruntime has the CUDA
+    provider (onnxruntime-gpu), else the CPU; int8 is a CPU path (VNNI kernels)."""
+    from ..devices import resolve_device
+
+    if str(device) == "auto":
+        if int8 or not torch.cuda.is_available():
+            return torch.device("cpu")
+        import onnxruntime as ort
+
+        return torch.device("cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
+    dev = resolve_device(device)
+    if int8 and dev.type != "cpu":
+        raise LightsegError("int8 (onnxruntime_int8) is a CPU deployment path (int8 VNNI kernels); on CUDA use "
+                            "--backend onnxruntime or an eager backend with --dtype float16")
+    if dev.type == "mps":
+        raise LightsegError("ONNX Runtime has no MPS provider here; use --device cpu (or an eager backend on mps)")
+    return dev
+
+
 def ort_session(model_bytes_or_path, device="cpu", num_threads=None):
     """An ONNX Runtime session with full graph optimisation; intra-op threads = ``num_threads`` or
     PyTorch's thread count (one per core unless the user lowered it), so both backends get the same cores."""
@@ -106,7 +126,8 @@ def parity(model: nn.Module, session, input_size, batch=1, seed=0, x=None) -> di
 
 
 def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, opset=17, check=True, verbose=True,
-                int8=False, calibration=None, calibration_count=None, normalize="imagenet", int8_mode=None) -> dict:
+                int8=False, calibration=None, calibration_count=None, normalize="imagenet", int8_mode=None,
+                device="cpu") -> dict:
     """Export ``model`` to ``path`` (atomic write) and check ONNX Runtime against PyTorch.
 
     Returns ``{"path", "input_size", "dynamic", "opset", "bytes", "export_s", "checks": [...],
@@ -119,10 +140,13 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
     (``ok`` is true when shapes match); measure accuracy with ``lightseg eval --backend onnxruntime_int8``.
     ``int8_mode``: the weight format (:data:`.quantize.INT8_MODES`); ``None`` = the one this CPU needs, so give
     the deployment CPU's when it differs (``result["int8_mode"]``, also in the file's metadata).
+    ``device``: where the parity check runs, PyTorch and ONNX Runtime alike (:func:`onnx_device`).
     """
     from ..checkpoint import atomic_write_bytes
 
     h, w = _check_size(input_size)
+    device = onnx_device(device, int8=int8)
+    reference = model if device.type == "cpu" else copy.deepcopy(model).to(device)
     t0 = time.perf_counter()
     data = export_to_bytes(model, (h, w), dynamic=dynamic, opset=opset)
     images = mode = None
@@ -140,7 +164,7 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
     result = {"path": str(path), "input_size": [h, w], "dynamic": bool(dynamic), "opset": opset, "int8": bool(int8),
               "int8_mode": mode, "bytes": len(data), "export_s": time.perf_counter() - t0, "checks": []}
     if check and int8:
-        c = parity(model, ort_session(data), (h, w), x=torch.from_numpy(images[0][None]))
+        c = parity(reference, ort_session(data, device=device), (h, w), x=torch.from_numpy(images[0][None]))
         c["ok"] = c["shape_ok"]
         result.update(checks=[c], max_abs_diff=c["max_abs_diff"], argmax_agreement=c["argmax_agreement"], ok=c["ok"])
         if verbose:
@@ -148,12 +172,12 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
                   f"{c['argmax_agreement']:.2f}% (quantised: reported, not held to the fp32 tolerance; "
                   "measure accuracy with lightseg eval --backend onnxruntime_int8)")
     elif check:
-        session = ort_session(data)
-        result["checks"].append(parity(model, session, (h, w)))
+        session = ort_session(data, device=device)
+        result["checks"].append(parity(reference, session, (h, w)))
         if dynamic:
             # A size that is not a multiple of 32 and a different aspect ratio, batch 2.
             h2, w2 = max(64, (h * 3) // 4 + 5), max(64, (w * 3) // 4 - 7)
-            result["checks"].append(parity(model, session, (h2, w2), batch=2))
+            result["checks"].append(parity(reference, session, (h2, w2), batch=2))
         result["max_abs_diff"] = max(c["max_abs_diff"] for c in result["checks"])
         result["argmax_agreement"] = min(c["argmax_agreement"] for c in result["checks"])
         result["ok"] = all(c["ok"] for c in result["checks"])
@@ -162,24 +186,4 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
                 shape = "" if c["shape_ok"] else f" SHAPE MISMATCH onnx {c['onnx_shape']} vs torch {c['torch_shape']}"
                 print(f"parity {c['batch']}x3x{c['size'][0]}x{c['size'][1]}: max |logit diff| {c['max_abs_diff']:.2e}, "
                       f"argmax agreement {c['argmax_agreement']:.3f}%{shape} -> {'OK' if c['ok'] else 'FAILED'}")
-    return result
-
-
-def export_command(args) -> dict:
-    """``lightseg export --model NAME [--checkpoint CKPT] [--num-classes N] --size H W [--dynamic] -o model.onnx``."""
-    from .runtime import load_model
-
-    from .predict import _normalization
-
-    if not args.int8 and (args.calib or args.calib_count or args.int8_mode not in (None, "auto")):
-        raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; add --int8 or drop them")
-    model, ckpt = load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes)
-    result = export_onnx(model, args.output, input_size=tuple(args.size), dynamic=args.dynamic, int8=args.int8,
-                         calibration=args.calib, calibration_count=args.calib_count, normalize=_normalization(ckpt)[0],
-                         int8_mode=args.int8_mode)
-    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.1f} MB, opset {result['opset']}, "
-          f"{'dynamic batch/H/W' if args.dynamic else 'static shape'}{', int8 ' + result['int8_mode'] if args.int8 else ''}) in {result['export_s']:.1f} s")
-    if not result.get("ok", True):
-        raise RuntimeError(f"{args.model}: ONNX Runtime output differs from PyTorch beyond the tolerance "
-                           f"(max abs {PARITY_MAX_ABS}, argmax agreement {PARITY_MIN_AGREEMENT}%); see the parity lines above")
     return result

@@ -1,30 +1,41 @@
-"""Segment an image, a folder of images or a video with a trained checkpoint.
+"""``lightseg predict``: segment images, a folder, a glob, a video, a camera or a stream.
 
-Everything the model needs besides pixels comes from the checkpoint: ``model_name``,
-``num_classes``, ``classes``, ``palette`` and the normalisation (``config.data.normalize``).
+A thin caller of :class:`.segmenter.Segmenter`: the model, class names, palette and normalisation come
+from the checkpoint (``--checkpoint``) or from weights shipped with lightseg (``--weights``).
+
 Per image: ``<stem>_label.png`` (class indices), ``<stem>_color.png`` (palette colours) and
-``<stem>_overlay.png`` (colours blended over the image, legend of the classes present). Per video:
-``<stem>_overlay.mp4`` (mp4v), each frame blended, with a legend and the measured model FPS drawn on it.
-Existing files in the output folder are kept; only these names are (re)written.
+``<stem>_overlay.png`` (colours blended over the image, legend of the classes present). Per video,
+camera or stream: ``<name>_overlay.mp4`` (mp4v), each frame blended, with a legend and the measured
+frame rate drawn on it; ``--show`` also shows it in a window. Existing files in the output folder are
+kept; only these names are (re)written, and a video appears under its name only once complete.
+
+Real time means end to end, so the stages run in their own threads, joined by small bounded queues:
+a reader (decode), the model, and the writer (overlay, legend, encode, display) in the main thread.
+One thread per stage and first-in first-out queues keep the frames in order. Printed: the model's warm
+median time per frame (the first call, which pays one-off costs, is left out) and the end-to-end
+frames/s (from the first written frame to the last).
 """
 from __future__ import annotations
 
+import glob as globlib
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..errors import CheckpointError, LightsegError
-from .runtime import Runtime, load_model
+from ..errors import LightsegError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OVERLAY_ALPHA = 0.5
+QUEUE_SIZE = 4  # frames in flight between two stages: enough to absorb jitter, little memory
+WINDOW_NAME = "lightseg"
+_DONE = object()
 
 
 def _image_extensions():
@@ -33,61 +44,215 @@ def _image_extensions():
     return IMAGE_EXTENSIONS
 
 
-def _normalization(ckpt):
-    from ..data.base import NORMALIZATIONS
+# ---------------------------------------------------------------------- inputs
+class Source:
+    """What ``--input`` named: ``kind`` is images, video, camera or stream; ``files`` (images), ``target``
+    (what OpenCV opens: a path, a camera index or a URL) and ``name`` (the output's stem)."""
 
-    config = (ckpt or {}).get("config") or {}
-    name = (config.get("data") or {}).get("normalize", "imagenet")
-    if name not in NORMALIZATIONS:
-        raise CheckpointError(f"checkpoint config data.normalize = {name!r} is unknown; known: {', '.join(NORMALIZATIONS)}")
-    mean, std = NORMALIZATIONS[name]
-    return name, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    def __init__(self, kind, files=(), target=None, name=None):
+        self.kind, self.files, self.target, self.name = kind, list(files), target, name
 
 
-class Segmenter:
-    """Image (RGB uint8) -> label map (H, W) at the image's size, through a :class:`Runtime`."""
-
-    def __init__(self, runtime, mean, std, size=None):
-        self.runtime, self.mean, self.std = runtime, mean, std
-        self.size = tuple(size) if size else None
-        self.latencies_ms: list[float] = []
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        src = rgb
-        if self.size and (h, w) != self.size:
-            src = cv2.resize(rgb, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
-        x = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)[None].float()
-        x = (x - self.mean) / self.std
-        self.runtime.prepare(tuple(x.shape))  # one-off work (the ONNX export) stays out of the timing
-        t0 = time.perf_counter()
-        logits = self.runtime(x)
-        self.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
-        if tuple(logits.shape[-2:]) != (h, w):
-            # Resize the scores, not the labels: smoother class boundaries at the image's resolution.
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        label = logits[0].argmax(0).numpy()
-        return label.astype(np.uint8 if logits.shape[1] <= 256 else np.uint16)
+def _images_in(files, what) -> Source:
+    files = sorted(p for p in files if p.is_file() and p.suffix.lower() in _image_extensions())
+    if not files:
+        raise LightsegError(f"{what} holds no images ({', '.join(_image_extensions())}); "
+                            "pass a folder of images, an image, a glob, a video file, a camera index or a stream URL")
+    return Source("images", files=files)
 
 
-def _classify_input(path: Path):
+def classify_input(spec) -> Source:
+    """Turn ``--input`` into a :class:`Source` (errors name the input and what is accepted)."""
+    text = str(spec)
+    if text.isdigit():
+        return Source("camera", target=int(text), name=f"camera{text}")
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if scheme == "file" and not Path(rest).exists():
+            raise LightsegError(f"input {text!r}: {rest} not found")
+        return Source("stream", target=text, name=Path(rest.split("?")[0]).stem or "stream")
+    path = Path(text)
     if not path.exists():
-        raise LightsegError(f"input {str(path)!r} not found; pass an image, a folder of images or a video file")
+        if any(c in text for c in "*?["):
+            return _images_in([Path(p) for p in globlib.glob(text, recursive=True)], f"glob {text!r}")
+        raise LightsegError(f"input {text!r} not found; pass an image, a folder of images, a glob, a video file, "
+                            "a camera index (0) or a stream URL (rtsp://, http://, file://)")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _image_extensions())
-        if not files:
-            raise LightsegError(f"folder {path} holds no images ({', '.join(_image_extensions())}); "
-                                "pass a folder of images, an image or a video file")
-        return "images", files
+        return _images_in(list(path.iterdir()), f"folder {path}")
     ext = path.suffix.lower()
     if ext in _image_extensions():
-        return "images", [path]
+        return Source("images", files=[path])
     if ext in VIDEO_EXTENSIONS:
-        return "video", [path]
+        return Source("video", target=str(path), name=path.stem)
     raise LightsegError(f"{path}: not an image or a video (extension {ext or 'none'!r}); "
                         f"supported images: {' '.join(_image_extensions())}; videos: {' '.join(VIDEO_EXTENSIONS)}")
 
 
+def _quiet_opencv():
+    """OpenCV logs its own warnings when a camera or stream cannot be opened; we raise a clearer error."""
+    try:
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        return lambda: cv2.utils.logging.setLogLevel(level)
+    except AttributeError:  # pragma: no cover - an OpenCV without the logging module
+        return lambda: None
+
+
+def open_capture(source: Source):
+    """A ``cv2.VideoCapture`` that has delivered its first frame: ``(capture, first_bgr_frame)``."""
+    restore = _quiet_opencv()
+    try:
+        cap = cv2.VideoCapture(source.target)
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+    finally:
+        restore()
+    if ok:
+        return cap, frame
+    cap.release()
+    if source.kind == "camera":
+        raise LightsegError(f"cannot open camera {source.target}: no camera with that index on this machine "
+                            f"(or it is in use). Pass another index, or an image, folder, glob, video file or stream URL")
+    if source.kind == "stream":
+        raise LightsegError(f"cannot read the stream {source.target!r}: the address does not answer or OpenCV's FFmpeg "
+                            "cannot decode it; check the URL (e.g. open it with ffplay)")
+    raise LightsegError(f"{source.target}: cannot read video frames (corrupt, empty, or a codec OpenCV lacks); "
+                        "re-encode it, e.g. ffmpeg -i in -c:v mpeg4 out.mp4")
+
+
+# ---------------------------------------------------------------------- the pipeline
+class _Failure:
+    def __init__(self, error):
+        self.error = error
+
+
+def _put(q, item, stop):
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q, stop):
+    """The next item, or ``_DONE`` once the pipeline is stopping."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return _DONE
+
+
+def _stage(fn, stop, out_q):
+    """Run ``fn`` in a thread; an exception ends the pipeline and reaches the main thread."""
+
+    def target():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            _put(out_q, _Failure(e), stop)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t
+
+
+def run_pipeline(frames, segmenter, consume, batch_size=1, queue_size=QUEUE_SIZE):
+    """Read ``frames`` (an iterator of ``(key, rgb)``) in a thread, segment them in another (up to
+    ``batch_size`` same-size frames per model call), and call ``consume(key, rgb, label)`` in this thread,
+    in input order. Returns the number of frames consumed."""
+    stop = threading.Event()
+    to_model: queue.Queue = queue.Queue(queue_size)
+    to_writer: queue.Queue = queue.Queue(queue_size)
+
+    def read():
+        for item in frames:
+            if not _put(to_model, item, stop):
+                return
+        _put(to_model, _DONE, stop)
+
+    def model():
+        pending = None
+        while not stop.is_set():
+            batch, finished = ([pending] if pending else []), False
+            pending = None
+            while len(batch) < batch_size:
+                item = _get(to_model, stop)
+                if item is _DONE or isinstance(item, _Failure):
+                    finished = item
+                    break
+                if batch and item[1].shape != batch[0][1].shape:
+                    pending = item  # starts the next batch
+                    break
+                batch.append(item)
+            if batch:
+                labels = segmenter.predict_batch([rgb for _, rgb in batch])
+                for (key, rgb), label in zip(batch, labels):
+                    if not _put(to_writer, (key, rgb, label), stop):
+                        return
+            if finished:
+                _put(to_writer, finished, stop)
+                return
+
+    threads = [_stage(read, stop, to_model), _stage(model, stop, to_writer)]
+    count = 0
+    try:
+        while True:
+            item = to_writer.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Failure):
+                raise item.error
+            consume(*item)
+            count += 1
+    finally:
+        stop.set()
+        for q in (to_model, to_writer):  # unblock a stage waiting on a full queue
+            while not q.empty():
+                q.get_nowait()
+        for t in threads:
+            t.join(timeout=5)
+    return count
+
+
+class _Rate:
+    """End-to-end frames/s from the first written frame on (the first frame pays the warm-up)."""
+
+    def __init__(self):
+        self.t_first = self.t_last = None
+        self.frames = 0
+        self.ema_interval = None
+
+    def tick(self):
+        now = time.perf_counter()
+        if self.t_last is not None:
+            dt = now - self.t_last
+            self.ema_interval = dt if self.ema_interval is None else 0.9 * self.ema_interval + 0.1 * dt
+        if self.t_first is None:
+            self.t_first = now
+        self.t_last = now
+        self.frames += 1
+
+    @property
+    def fps(self):
+        if self.frames < 2 or self.t_last <= self.t_first:
+            return None
+        return (self.frames - 1) / (self.t_last - self.t_first)
+
+    @property
+    def live_fps(self):
+        return 1.0 / self.ema_interval if self.ema_interval else None
+
+
+def _progress(total, unit):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=unit + "s", unit=unit, file=sys.stderr, disable=total is not None and total <= 1)
+
+
+# ---------------------------------------------------------------------- images
 def _output_stems(files):
     """``<stem>`` per file; files sharing a stem (a.png, a.jpg) keep their extension to stay apart."""
     stems = [f.stem for f in files]
@@ -95,133 +260,211 @@ def _output_stems(files):
     return [f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.stem in dup else f.stem for f in files]
 
 
-def _progress(total, desc):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img" if desc == "images" else "frame", file=sys.stderr,
-                disable=total is not None and total <= 1 and desc == "images")
-
-
-def _predict_images(segmenter, files, out_dir, classes, palette):
+def _predict_images(segmenter, files, out_dir, batch_size, rate):
     from ..data.base import read_image
-    from ..viz import colorize, draw_legend, overlay, save_png
+    from ..viz import colorize, save_png
 
-    written = []
-    with _progress(len(files), "images") as bar:
-        for f, stem in zip(files, _output_stems(files)):
-            rgb = read_image(f)  # DataError naming the file if it is corrupt or truncated
-            label = segmenter(rgb)
-            present = np.unique(label)
-            blended = draw_legend(overlay(rgb, label, palette, OVERLAY_ALPHA), classes, palette, present=present)
-            for suffix, arr in (("label", label), ("color", colorize(label, palette)), ("overlay", blended)):
+    stems = dict(zip(files, _output_stems(files)))
+    written, last = [], {}
+
+    def frames():
+        for f in files:
+            yield f, read_image(f)  # DataError naming the file if it is corrupt or truncated
+
+    with _progress(len(files), "image") as bar:
+        def consume(f, rgb, label):
+            stem = stems[f]
+            for suffix, arr in (("label", label), ("color", colorize(label, segmenter.palette)),
+                                ("overlay", segmenter.overlay(rgb, label, OVERLAY_ALPHA))):
                 written.append(str(save_png(out_dir / f"{stem}_{suffix}.png", arr)))
+            last["rgb"] = rgb
+            rate.tick()
             bar.update(1)
-    return written
+
+        run_pipeline(frames(), segmenter, consume, batch_size=batch_size)
+    return written, last.get("rgb")
 
 
-def _predict_video(segmenter, path, out_dir, classes, palette, backend):
-    from ..viz import draw_legend, overlay, put_text
+# ---------------------------------------------------------------------- video, camera, stream
+class _Display:
+    """``--show``: the annotated frames in a window (q or Esc stops). Needs an OpenCV with a GUI."""
 
-    cap = cv2.VideoCapture(str(path))
-    ok, frame = cap.read() if cap.isOpened() else (False, None)
-    if not ok:
-        cap.release()
-        raise LightsegError(f"{path}: cannot read video frames (corrupt, empty, or a codec OpenCV lacks); "
-                            "re-encode it, e.g. ffmpeg -i in -c:v mpeg4 out.mp4")
+    def __init__(self):
+        try:
+            cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_AUTOSIZE)
+        except cv2.error:
+            raise LightsegError("--show needs an OpenCV build with a GUI, and this one has none (opencv-python-headless); "
+                                "pip install opencv-python, or drop --show (the overlay video is written either way)") from None
+        self.closed = False
+
+    def show(self, bgr) -> bool:
+        """Show a frame; False when the user asked to stop."""
+        cv2.imshow(WINDOW_NAME, bgr)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                cv2.destroyWindow(WINDOW_NAME)
+            except cv2.error:
+                pass
+
+
+class _StopStream(Exception):
+    """The user closed the window (q/Esc): end the stream cleanly."""
+
+
+def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, max_frames=None):
+    from ..viz import draw_legend, put_text
+
+    cap, first = open_capture(source)
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 0.0
     fps_in = fps_in if 0 < fps_in < 1000 else 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    out_path = out_dir / f"{path.stem}_overlay.mp4"
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if source.kind == "video" else 0
+    total = min(total, max_frames) if total and max_frames else (total or max_frames or None)
+    display = _Display() if show else None
+    out_path = out_dir / f"{source.name}_overlay.mp4"
     # Write beside the target and rename at the end: an interrupted run leaves no half video under the final name.
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".mp4", dir=out_dir)
     os.close(fd)
-    writer = None
-    frames, ema_ms = 0, None
+    state = {"writer": None, "legend": None}
+
+    def frames():
+        frame, index = first, 0
+        while frame is not None and (max_frames is None or index < max_frames):
+            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+            ok, frame = cap.read()
+            frame = frame if ok else None
+
+    def consume(index, rgb, label):
+        blended = cv2.addWeighted(rgb, 1.0 - OVERLAY_ALPHA, segmenter.colors[label], OVERLAY_ALPHA, 0.0)
+        if state["legend"] is None:  # every class, so the panel is the same on every frame: draw it once
+            panel = draw_legend(blended, segmenter.classes, segmenter.palette)
+            state["legend"] = panel[:, blended.shape[1]:]
+        rate.tick()
+        model_fps = segmenter.timing()["fps"]
+        live = rate.live_fps
+        text = (f"{live:.1f} FPS" if live else "-- FPS") + (f" (model {model_fps:.1f}, {segmenter.backend})" if model_fps else "")
+        annotated = put_text(np.concatenate([blended, state["legend"]], axis=1), text)
+        bgr = cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)
+        if state["writer"] is None:
+            h, w = bgr.shape[:2]
+            state["writer"] = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
+            if not state["writer"].isOpened():
+                raise LightsegError(f"cannot open a video writer for {out_path} (mp4v); check the folder is writable")
+        state["writer"].write(bgr)
+        bar.update(1)
+        if display is not None and not display.show(bgr):
+            raise _StopStream
+
+    frames_done = 0
     try:
-        with _progress(total, "frames") as bar:
-            while ok:
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                label = segmenter(rgb)
-                ms = segmenter.latencies_ms[-1]
-                ema_ms = ms if ema_ms is None else 0.9 * ema_ms + 0.1 * ms
-                annotated = draw_legend(overlay(rgb, label, palette, OVERLAY_ALPHA), classes, palette)
-                annotated = put_text(annotated, f"{1000.0 / ema_ms:.1f} FPS ({backend})")
-                if writer is None:
-                    h, w = annotated.shape[:2]
-                    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
-                    if not writer.isOpened():
-                        raise LightsegError(f"cannot open a video writer for {out_path} (mp4v); check the folder is writable")
-                writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
-                frames += 1
-                bar.update(1)
-                ok, frame = cap.read()
+        with _progress(total, "frame") as bar:
+            try:
+                frames_done = run_pipeline(frames(), segmenter, consume, batch_size=batch_size)
+            except (_StopStream, KeyboardInterrupt) as e:
+                # A camera or stream has no end: q/Esc or Ctrl-C ends it and the video is kept.
+                if isinstance(e, KeyboardInterrupt) and source.kind == "video":
+                    raise
+                frames_done = rate.frames
     except BaseException:
-        if writer is not None:
-            writer.release()
+        if state["writer"] is not None:
+            state["writer"].release()
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         cap.release()
-    writer.release()
+        if display is not None:
+            display.close()
+    state["writer"].release()
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, out_path)
-    return [str(out_path)], frames
+    return [str(out_path)], frames_done
 
 
-def predict(model_name, checkpoint, input_path, output_dir="predictions", backend="eager", size=None, device="cpu",
-            calibration=None, calibration_count=None) -> dict:
-    """Segment ``input_path`` (image, folder of images, or video) and write the results to ``output_dir``.
+# ---------------------------------------------------------------------- entry points
+def build_segmenter(model_name=None, checkpoint=None, weights=None, **kwargs):
+    """The Segmenter that ``--model``/``--checkpoint``/``--weights`` describe."""
+    from .segmenter import Segmenter
 
-    ``size``: (H, W) to resize inputs to before the model (predictions come back at the input's size).
-    Returns a summary: counts, files written, mean model latency and FPS.
+    if checkpoint is not None and weights is not None:
+        raise LightsegError("pass either --checkpoint (your own trained model) or --weights (weights shipped with "
+                            "lightseg), not both")
+    if weights is not None:
+        if model_name is None:
+            raise LightsegError(f"--weights {weights} needs --model NAME: `lightseg models` lists the models with weights")
+        return Segmenter.from_pretrained(model_name, weights=weights, **kwargs)
+    if checkpoint is None:
+        from ..weights import list_weights
+
+        have = sorted({f"--model {r['model']} --weights {r['weights']}" for r in list_weights()})
+        hint = f"; shipped weights: {', '.join(have)}" if have else ""
+        raise LightsegError(f"no trained model: pass --checkpoint CKPT (a .pt written by lightseg train){hint}")
+    return Segmenter.from_checkpoint(checkpoint, model=model_name, **kwargs)
+
+
+def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predictions", backend="eager", size=None,
+            device="auto", calibration=None, calibration_count=None, weights=None, batch=1, mode="whole", crop=None,
+            stride=None, show=False, max_frames=None, int8_mode=None) -> dict:
+    """Segment ``input_path`` (see :func:`classify_input`) and write the results to ``output_dir``.
+
+    ``size``: (H, W) to resize inputs to before the model (predictions come back at the input's size);
+    ``batch``: images per model call (same-size images); ``max_frames``: stop a video/camera/stream after
+    that many frames. Returns a summary: counts, files written, model time and end-to-end rate.
     """
-    from ..viz import palette_for
-
-    input_path = Path(input_path)
-    kind, files = _classify_input(input_path)
-    if size is not None:
-        size = tuple(int(v) for v in size)
-        if len(size) != 2 or min(size) < 64:
-            raise LightsegError(f"--size {size}: give H W, each at least 64")
-    model, ckpt = load_model(model_name, checkpoint=checkpoint, device=device)
-    num_classes = int(getattr(model, "num_classes", 0) or ckpt.get("num_classes") or 0)
-    classes = list(ckpt.get("classes") or [f"class {i}" for i in range(num_classes)])
-    palette = [tuple(int(v) for v in c) for c in (ckpt.get("palette") or palette_for(min(max(num_classes, 1), 255)))]
-    if num_classes and (len(classes) != num_classes or len(palette) < num_classes):
-        raise CheckpointError(f"{checkpoint}: {len(classes)} class names and {len(palette)} palette colours "
-                              f"for a {num_classes}-class model; the checkpoint's metadata is inconsistent")
-    norm_name, mean, std = _normalization(ckpt)
-    if backend != "onnxruntime_int8" and (calibration or calibration_count):
-        raise LightsegError("--calib and --calib-count calibrate int8 quantisation; use --backend onnxruntime_int8 or drop them")
-    runtime = Runtime(model, backend=backend, device=device, input_size=size, calibration=calibration,
-                      calibration_count=calibration_count, normalize=norm_name)
-    segmenter = Segmenter(runtime, mean, std, size=size)
-
+    if input_path is None:
+        raise LightsegError("no input: pass --input IMAGE|FOLDER|GLOB|VIDEO|CAMERA_INDEX|URL")
+    if int(batch) < 1:
+        raise LightsegError(f"--batch {batch}: give a positive number of images per model call")
+    source = classify_input(input_path)
+    if show and source.kind == "images":
+        raise LightsegError("--show displays video, camera or stream frames; for images open the *_overlay.png files")
+    segmenter = build_segmenter(model_name, checkpoint, weights, backend=backend, device=device, size=size,
+                                mode=mode, crop=crop, stride=stride, calibration=calibration,
+                                calibration_count=calibration_count, int8_mode=int8_mode)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "images":
-        written = _predict_images(segmenter, files, out_dir, classes, palette)
+    rate = _Rate()
+    if source.kind == "images":
+        written, last = _predict_images(segmenter, source.files, out_dir, int(batch), rate)
         frames = 0
+        if len(segmenter.latencies_ms) == 1 and last is not None:
+            segmenter.predict_batch([last])  # one image: time a second, warm call (the first paid the warm-up)
     else:
-        written, frames = _predict_video(segmenter, files[0], out_dir, classes, palette, backend)
-    lat = segmenter.latencies_ms
-    # The first call of a backend pays one-off costs (ONNX export, allocations): leave it out of the mean.
-    steady = lat[1:] if len(lat) > 1 else lat
-    mean_ms = float(np.mean(steady)) if steady else None
+        written, frames = _predict_stream(segmenter, source, out_dir, int(batch), rate, show=show, max_frames=max_frames)
+    timing = segmenter.timing()
     return {
-        "model": model_name, "checkpoint": str(checkpoint), "backend": backend, "input": str(input_path), "kind": kind,
-        "images": len(files) if kind == "images" else 0, "frames": frames, "output_dir": str(out_dir),
-        "files": written, "normalize": norm_name, "size": list(size) if size else None,
-        "mean_latency_ms": round(mean_ms, 2) if mean_ms else None, "fps": round(1000.0 / mean_ms, 2) if mean_ms else None,
+        "model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None, "weights": weights,
+        "backend": backend, "device": str(segmenter.device), "input": str(input_path), "kind": source.kind,
+        "images": len(source.files), "frames": frames, "output_dir": str(out_dir), "files": written,
+        "normalize": segmenter.normalize, "size": list(size) if size else None, "mode": segmenter.mode, "batch": int(batch),
+        "first_call_ms": timing["first_ms"], "warm_calls": timing["warm_calls"],
+        "latency_ms_median": timing["median_ms"], "fps": timing["fps"],
+        "end_to_end_fps": round(rate.fps, 2) if rate.fps else None,
     }
+
+
+def describe(summary) -> str:
+    """The line ``lightseg predict`` prints."""
+    unit = "image" if summary["kind"] == "images" else "frame"
+    what = f"{summary['images']} image(s)" if summary["kind"] == "images" else f"{summary['frames']} {summary['kind']} frame(s)"
+    line = f"segmented {what} with {summary['model']} ({summary['backend']}, {summary['device']})"
+    if summary["fps"]:
+        line += (f"; model {summary['latency_ms_median']:.1f} ms/{unit} ({summary['fps']:.1f} {unit}s/s), median of "
+                 f"{summary['warm_calls']} warm call(s) (the first call, {summary['first_call_ms']:.0f} ms, is warm-up, left out)")
+    if summary["end_to_end_fps"]:
+        line += f"; end to end {summary['end_to_end_fps']:.1f} {unit}s/s"
+    return line + f"; wrote {len(summary['files'])} file(s) to {summary['output_dir']}"
 
 
 def predict_command(args) -> dict:
     summary = predict(args.model, args.checkpoint, args.input, output_dir=args.output, backend=args.backend,
-                      size=tuple(args.size) if args.size else None, calibration=args.calib, calibration_count=args.calib_count)
-    what = f"{summary['images']} image(s)" if summary["kind"] == "images" else f"{summary['frames']} video frame(s)"
-    speed = f", model {summary['mean_latency_ms']:.1f} ms/frame ({summary['fps']:.1f} FPS)" if summary["mean_latency_ms"] else ""
-    print(f"segmented {what} with {summary['model']} ({summary['backend']}){speed}; "
-          f"wrote {len(summary['files'])} file(s) to {summary['output_dir']}")
+                      size=tuple(args.size) if args.size else None, device=args.device, calibration=args.calib,
+                      calibration_count=args.calib_count, weights=args.weights, batch=args.batch, mode=args.mode,
+                      crop=args.crop, stride=args.stride, show=args.show, max_frames=args.max_frames,
+                      int8_mode=args.int8_mode)
+    print(describe(summary))
     return summary

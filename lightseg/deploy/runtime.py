@@ -27,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..devices import resolve_device
 from ..errors import CheckpointError, LightsegError
+from .export import export_to_bytes, onnx_device, ort_session
 
 BACKENDS = ("eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8")
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime_int8")
@@ -40,13 +42,6 @@ def resolve_dtype(dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise LightsegError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def resolve_device(device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LightsegError("device 'cuda' requested but CUDA is not available here; use --device cpu")
-    return device
 
 
 class Runtime:
@@ -67,7 +62,10 @@ class Runtime:
         if backend not in BACKENDS:
             raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self.device = resolve_device(device)
+        if backend in ONNX_BACKENDS:
+            self.device = onnx_device(device, int8=backend == "onnxruntime_int8")
+        else:
+            self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.input_size = tuple(input_size) if input_size else None
         self.num_threads = num_threads
@@ -101,11 +99,7 @@ class Runtime:
         if backend in ONNX_BACKENDS:
             if self.dtype != torch.float32:
                 raise LightsegError(f"the {backend} backend runs float32 only; drop --dtype or use an eager backend")
-            if backend == "onnxruntime_int8" and self.device.type != "cpu":
-                raise LightsegError("onnxruntime_int8 is a CPU deployment path (int8 VNNI kernels); on CUDA use "
-                                    "--backend onnxruntime or an eager backend with --dtype float16")
             if self.onnx_path is not None:
-                from .export import ort_session
                 from .quantize import mode_warning, model_int8_mode
 
                 session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads)
@@ -136,8 +130,6 @@ class Runtime:
             return self._sessions[None]
         key = tuple(shape)
         if key not in self._sessions:
-            from .export import export_to_bytes, ort_session
-
             # Static shapes: every resize and pooling size is a constant ORT can plan around, and models
             # that compute sizes in Python (adaptive pooling by aspect ratio) stay exact.
             # The export traces the model: it needs autograd-visible tensors even when called under inference_mode.
@@ -193,24 +185,33 @@ def _infer_num_classes(name, state, kwargs):
     return None
 
 
-def load_model(model_name, checkpoint=None, num_classes=None, device="cpu"):
+def load_model(model_name=None, checkpoint=None, num_classes=None, device="cpu"):
     """Build ``model_name`` and load ``checkpoint`` (a lightseg .pt) into it.
 
-    Returns ``(model, ckpt_dict_or_None)``. The checkpoint's ``model_name`` must match, its
-    ``num_classes`` is used (``num_classes`` given and different is an error), and its recipe's
-    ``model.kwargs`` are passed to the builder.
+    Returns ``(model, ckpt_dict_or_None)``. A lightseg checkpoint names its model, so ``model_name``
+    may be ``None``; given, it must match. The checkpoint's ``num_classes`` is used (``num_classes``
+    given and different is an error), and its recipe's ``model.kwargs`` are passed to the builder.
     """
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..models import create_model, model_info
 
-    model_info(model_name)  # unknown names fail here, with suggestions
+    if model_name is not None:
+        model_info(model_name)  # unknown names fail here, with suggestions
     if checkpoint is None:
+        if model_name is None:
+            raise LightsegError("no model: pass --model NAME (and --checkpoint CKPT or --weights NAME)")
         model = create_model(model_name, num_classes=num_classes or 19)
         return model.to(device).eval(), None
     ckpt = load_checkpoint(checkpoint)
     saved_name = ckpt.get("model_name")
+    if model_name is None:
+        if not saved_name:
+            raise CheckpointError(f"{checkpoint} is a bare state dict that does not name its model; pass --model NAME")
+        model_info(saved_name)
+        model_name = saved_name
     if saved_name and saved_name != model_name:
-        raise CheckpointError(f"{checkpoint} holds a {saved_name!r} model but --model is {model_name!r}; pass --model {saved_name}")
+        raise CheckpointError(f"{checkpoint} holds a {saved_name!r} model but --model is {model_name!r}; "
+                              f"pass --model {saved_name} (or leave --model out: the checkpoint names it)")
     config = ckpt.get("config") or {}
     kwargs = dict(((config.get("model") or {}).get("kwargs")) or {})
     saved_classes = ckpt.get("num_classes")
@@ -224,3 +225,14 @@ def load_model(model_name, checkpoint=None, num_classes=None, device="cpu"):
     model = create_model(model_name, num_classes=n, **kwargs)
     load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
     return model.to(device).eval(), ckpt
+
+
+def checkpoint_normalization(ckpt) -> str:
+    """The normalisation a checkpoint's model was trained with (``config.data.normalize``)."""
+    from ..data.base import NORMALIZATIONS
+
+    config = (ckpt or {}).get("config") or {}
+    name = (config.get("data") or {}).get("normalize", "imagenet")
+    if name not in NORMALIZATIONS:
+        raise CheckpointError(f"checkpoint config data.normalize = {name!r} is unknown; known: {', '.join(NORMALIZATIONS)}")
+    return name

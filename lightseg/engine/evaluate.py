@@ -27,6 +27,8 @@ from ..data.classes import (
     cityscapes_label_lut,
 )
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
+# The one inference function, shared with predict (lightseg.Segmenter); predict_probabilities is re-exported.
+from ..inference import check_mode, predict_labels, predict_probabilities  # noqa: F401
 from ..viz import save_png
 from ..metrics import ConfusionMatrix, format_table
 from ..models.base import resize_to
@@ -43,29 +45,6 @@ def _is_cityscapes(dataset) -> bool:
 
 
 # ---------------------------------------------------------------- prediction
-def predict_probabilities(model, images: torch.Tensor, out_size, flip: bool = False, scales=(1.0,), eval_size=None):
-    """Class probabilities (N, C, *out_size): the mean softmax over scales (and horizontal flips).
-
-    Each scale resizes the input to ``scale * base`` (``base`` = ``eval_size`` or the input size);
-    logits are bilinearly resized to ``out_size`` before the softmax.
-    """
-    base = tuple(int(s) for s in (eval_size or images.shape[-2:]))
-    total, count = None, 0
-    for scale in scales:
-        size = (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))
-        x = resize_to(images, size)
-        for flipped in (False, True) if flip else (False,):
-            logits = model(x.flip(-1) if flipped else x)
-            if isinstance(logits, dict):
-                logits = logits["out"]
-            if flipped:
-                logits = logits.flip(-1)
-            probs = resize_to(logits.float(), out_size).softmax(dim=1)
-            total = probs if total is None else total + probs
-            count += 1
-    return total / count
-
-
 def _encode_prediction(pred: np.ndarray, cityscapes: bool) -> np.ndarray:
     if cityscapes:  # the test server wants labelIds
         lut = np.zeros(256, dtype=np.uint8)
@@ -103,8 +82,11 @@ def _stack(group):
 
 
 def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), eval_size=None, batch_size: int = 1,
-             distributed: bool = False, progress: bool = True, save_predictions=None, num_workers: int = 0) -> dict:
+             distributed: bool = False, progress: bool = True, save_predictions=None, num_workers: int = 0,
+             mode: str = "whole", crop=None, stride=None) -> dict:
     """Evaluate ``model`` on ``dataset`` (built with ``train=False``: full resolution) and return the report.
+
+    ``mode``/``crop``/``stride``: whole-image or sliding-window inference (:mod:`lightseg.inference`).
 
     ``distributed``: each rank takes every world_size-th sample and the confusion matrices are summed
     (all ranks get the full report). ``save_predictions``: a folder for prediction PNGs (Cityscapes:
@@ -113,6 +95,7 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
     import torch.distributed as dist
 
     device = torch.device(device)
+    mode, crop, stride = check_mode(mode, crop, stride)
     rank, world = 0, 1
     if distributed and dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -139,8 +122,7 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
         with torch.inference_mode():
             for idx, images, labels in _batches(dataset, indices, max(1, int(batch_size)), num_workers):
                 images, labels = images.to(device), labels.to(device)
-                probs = predict_probabilities(model, images, labels.shape[-2:], flip, scales, eval_size)
-                pred = probs.argmax(dim=1)
+                pred = predict_labels(model, images, labels.shape[-2:], flip, scales, eval_size, mode, crop, stride)
                 cm.update(pred, labels)
                 if out_dir is not None:
                     for i, p in zip(idx, pred.to(torch.uint8).cpu().numpy()):
@@ -156,7 +138,8 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
         cm.all_reduce()
     report = cm.report(dataset.classes, cityscapes_categories() if cityscapes else None)
     report.update(num_images=len(dataset), flip=bool(flip), scales=[float(s) for s in scales],
-                  eval_size=list(eval_size) if eval_size else None)
+                  eval_size=list(eval_size) if eval_size else None, mode=mode,
+                  crop=list(crop) if crop else None, stride=list(stride) if stride else None)
     return report
 
 
@@ -165,20 +148,29 @@ def _dump(report: dict) -> str:
     return json.dumps(report, indent=2, allow_nan=False)
 
 
-def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=(), flip=False, scales=None,
+def evaluate_command(config, checkpoint=None, split="val", data_root=None, overrides=(), flip=False, scales=None,
                      as_json=False, output=None, save_predictions=None, backend="eager", calibration=None,
-                     calibration_count=None, int8_mode=None) -> dict:
-    """``lightseg eval``: evaluate a checkpoint on a split of the recipe's dataset; write metrics JSON.
+                     calibration_count=None, int8_mode=None, weights=None, mode=None, crop=None, stride=None,
+                     device="auto") -> dict:
+    """``lightseg eval``: evaluate a checkpoint (or shipped ``weights``) on a split of the recipe's dataset;
+    write metrics JSON.
 
     ``backend``: ``eager`` (PyTorch) or a deployment path (``onnxruntime``, ``onnxruntime_int8`` with
-    ``calibration`` images and weight format ``int8_mode``, default this CPU's), so what is deployed is what is measured.
+    ``calibration`` images and weight format ``int8_mode``, default this CPU's), so what is deployed is what
+    is measured. ``mode``/``crop``/``stride`` override the recipe's ``eval.mode``/``eval.crop``/``eval.stride``
+    (whole-image or sliding window). ``device``: auto (CUDA, then MPS, then CPU), cpu, cuda or mps; under
+    torchrun each rank's GPU.
     """
     from .. import create_model
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..config import load_config
     from ..data import build_dataset, resolve_split
+    from ..devices import resolve_device
     from .distributed import setup
 
+    if (checkpoint is None) == (weights is None):
+        raise ConfigError("pass --checkpoint CKPT (a .pt written by lightseg train) or --weights NAME (weights shipped "
+                          "with lightseg), one of them")
     cfg = load_config(config, overrides or ())
     data_cfg = cfg["data"]
     if data_root is not None:
@@ -190,27 +182,36 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
         raise ConfigError(f"{config}: model.num_classes is {model_cfg['num_classes']} but the {data_cfg['name']} dataset "
                           f"has {dataset.num_classes} classes; set model.num_classes: {dataset.num_classes}")
 
-    ckpt = load_checkpoint(checkpoint)
-    trained_as = ckpt.get("model_name")
-    if trained_as is not None and trained_as != model_cfg["name"]:
-        raise CheckpointError(f"{checkpoint} holds a {trained_as!r} model but recipe {config} builds {model_cfg['name']!r}; "
-                              f"use the recipe it was trained with (or --set model.name={trained_as})")
-    model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"], **(model_cfg.get("kwargs") or {}))
-    load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
+    if weights is not None:
+        model = create_model(model_cfg["name"], weights=weights, num_classes=model_cfg["num_classes"])
+        source = f"{model_cfg['name']} weights {weights!r}"
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        trained_as = ckpt.get("model_name")
+        if trained_as is not None and trained_as != model_cfg["name"]:
+            raise CheckpointError(f"{checkpoint} holds a {trained_as!r} model but recipe {config} builds {model_cfg['name']!r}; "
+                                  f"use the recipe it was trained with (or --set model.name={trained_as})")
+        model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"], **(model_cfg.get("kwargs") or {}))
+        load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
+        source = str(checkpoint)
 
     if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
         raise ConfigError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend onnxruntime_int8 or drop them")
     info = setup(cfg["train"].get("device", "auto") if backend != "onnxruntime_int8" else "cpu")
+    run_device = info.device
+    if not info.distributed and backend == "eager":
+        run_device = resolve_device(device)
     runner = model
     if backend != "eager":
         from ..deploy.runtime import Runtime
 
-        runner = Runtime(model.eval(), backend=backend, device=info.device, calibration=calibration,
-                         calibration_count=calibration_count, normalize=data_cfg.get("normalize", "imagenet"),
-                         int8_mode=int8_mode)
+        runner = Runtime(model.eval(), backend=backend, device=device if not info.distributed else info.device,
+                         calibration=calibration, calibration_count=calibration_count,
+                         normalize=data_cfg.get("normalize", "imagenet"), int8_mode=int8_mode)
+        run_device = runner.device
     eval_cfg = cfg.get("eval", {})
     report = evaluate(
-        runner, dataset, device=info.device,
+        runner, dataset, device=run_device,
         flip=bool(flip or eval_cfg.get("flip", False)),
         scales=tuple(scales or eval_cfg.get("scales") or (1.0,)),
         eval_size=data_cfg.get("eval_size"),
@@ -219,9 +220,12 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
         progress=True,
         save_predictions=save_predictions,
         num_workers=int(data_cfg.get("num_workers", 0) or 0),
+        mode=mode or eval_cfg.get("mode", "whole"),
+        crop=crop if crop is not None else eval_cfg.get("crop"),
+        stride=stride if stride is not None else eval_cfg.get("stride"),
     )
-    report = {"model": model_cfg["name"], "checkpoint": str(checkpoint), "dataset": data_cfg["name"],
-              "split": split_name, "backend": backend, **report}
+    report = {"model": model_cfg["name"], "checkpoint": source, "dataset": data_cfg["name"],
+              "split": split_name, "backend": backend, "device": str(run_device), **report}
     if backend == "onnxruntime_int8":
         from ..hardware import cpu_info
 
@@ -231,7 +235,14 @@ def evaluate_command(config, checkpoint, split="val", data_root=None, overrides=
     if not info.is_main:
         return report
     suffix = "" if backend == "eager" else f"_{backend}"
-    out = Path(output) if output else Path(checkpoint).parent / (f"metrics{suffix}.json" if split == "val" else f"metrics_{split}{suffix}.json")
+    suffix += "" if report["mode"] == "whole" else "_slide"
+    name = f"metrics{suffix}.json" if split == "val" else f"metrics_{split}{suffix}.json"
+    if output:
+        out = Path(output)
+    elif weights is not None:
+        out = Path(cfg["output_dir"]) / f"weights_{weights}" / name
+    else:
+        out = Path(checkpoint).parent / name
     text = _dump(report)
     atomic_write_bytes(out, lambda f: f.write(text.encode()))
     if as_json:

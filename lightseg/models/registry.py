@@ -115,13 +115,20 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 19, pretrained_backbone: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model.
+def create_model(name: str, num_classes: int | None = None, pretrained_backbone: str | None = None,
+                 weights: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered model (``num_classes`` defaults to 19, Cityscapes).
 
     ``pretrained_backbone``: path to a torchvision ImageNet checkpoint for the model's backbone
     (e.g. ``resnet18-f37072fd.pth``); loaded with ``weights_only=True`` and strict key matching.
+    ``weights``: the name of trained weights shipped with lightseg (e.g. ``"camvid"``, see
+    :mod:`lightseg.weights`): the network comes back trained, in eval mode, with ``classes``,
+    ``palette`` and ``normalize`` attributes from the weights' manifest record.
     """
     info = model_info(name)
+    if weights is not None:
+        return _create_trained(info, weights, num_classes, pretrained_backbone, kwargs)
+    num_classes = 19 if num_classes is None else num_classes
     if not isinstance(num_classes, int) or num_classes < 1:
         raise LightsegError(f"num_classes must be a positive integer, got {num_classes!r}")
     try:
@@ -139,3 +146,23 @@ def create_model(name: str, num_classes: int = 19, pretrained_backbone: str | No
             raise LightsegError(f"model {name!r} has no ImageNet backbone (it is trained from scratch); drop pretrained_backbone")
         load_pretrained_backbone(backbone, pretrained_backbone)
     return model
+
+
+def _create_trained(info: ModelInfo, weights: str, num_classes, pretrained_backbone, kwargs) -> nn.Module:
+    from ..checkpoint import load_model_weights
+    from ..weights import find_weights, load_weights
+
+    record = find_weights(info.name, weights)
+    if pretrained_backbone is not None:
+        raise LightsegError(f"weights={weights!r} holds the whole trained network; drop pretrained_backbone")
+    n = int(record["num_classes"])
+    if num_classes is not None and int(num_classes) != n:
+        raise LightsegError(f"{info.name} weights {weights!r} have {n} classes, not num_classes={num_classes}; "
+                            "drop num_classes (fine-tune from them in Python to change the classes)")
+    model = create_model(info.name, num_classes=n, **{**(record.get("model_kwargs") or {}), **kwargs})
+    load_model_weights(model, load_weights(record), path_for_errors=f"{info.name} weights {weights!r} ({record['file']})")
+    model.classes = list(record["classes"])
+    model.palette = [tuple(int(v) for v in c) for c in record["palette"]]
+    model.normalize = record.get("normalize", "imagenet")
+    model.weights_record = dict(record)
+    return model.eval()

@@ -1,0 +1,189 @@
+"""``Segmenter``: the one high-level API. An RGB uint8 image in, a label map out.
+
+    import lightseg
+    seg = lightseg.Segmenter.from_checkpoint("runs/mininet_211k_camvid/best.pt")
+    seg = lightseg.Segmenter.from_pretrained("mininet_211k", weights="camvid", backend="onnxruntime")
+    label = seg(rgb)              # (H, W) uint8 class ids at the image's size
+    labels = seg([rgb1, rgb2])    # a list: same-size images run as one batch
+    picture = seg.overlay(rgb)    # colours blended over the image, legend of the classes present
+
+Everything the model needs besides pixels (class names, palette, normalisation) comes from the
+checkpoint or the weights' manifest. It runs on the backends of :class:`.runtime.Runtime` (``eager``,
+``onnxruntime``, ``onnxruntime_int8``) and through :func:`lightseg.inference.predict_labels`, the
+function ``lightseg eval`` uses, so ``mode="slide"`` works here as it does there. ``lightseg predict``
+is a thin caller of this class.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import LightsegError
+from ..inference import check_mode, predict_labels
+from .runtime import Runtime, checkpoint_normalization, load_model
+
+PREDICT_BACKENDS = ("eager", "onnxruntime", "onnxruntime_int8")
+
+
+def _check_rgb(image) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise LightsegError(f"Segmenter expects an RGB uint8 numpy array (H, W, 3), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        hint = " (a grey image: np.dstack([img] * 3); RGBA: img[..., :3]; float in 0..1: (img * 255).astype(np.uint8))"
+        raise LightsegError(f"Segmenter expects an RGB uint8 array (H, W, 3), got {image.dtype} of shape {image.shape}{hint}")
+    return image
+
+
+class _TimedRunner:
+    """Calls the runtime and adds each call's wall time to ``elapsed_ms`` (slide mode calls it per window)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.elapsed_ms = 0.0
+
+    def __call__(self, x):
+        self.runtime.prepare(tuple(x.shape))  # one-off work (the ONNX export) stays out of the timing
+        t0 = time.perf_counter()
+        out = self.runtime(x)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        self.elapsed_ms += (time.perf_counter() - t0) * 1000.0
+        return out
+
+
+class Segmenter:
+    """Image (RGB uint8) -> label map (H, W) at the image's size.
+
+    ``model``: an ``nn.Module`` (its ``classes``/``palette``/``normalize`` attributes are used when the
+    arguments are not given), ``backend``: eager, onnxruntime or onnxruntime_int8; ``device``: auto
+    (CUDA, then MPS, then CPU), cpu, cuda or mps; ``size``: (H, W) the image is resized to before the
+    model (the labels come back at the image's size); ``mode``/``crop``/``stride``: whole-image or
+    sliding-window inference (:mod:`lightseg.inference`); ``calibration``/``calibration_count``/``int8_mode``:
+    int8 calibration images (a folder; default the synthetic scenes) and weight format (default this CPU's).
+
+    ``latencies_ms`` holds the model time of every call (per image; a batch's time is split evenly);
+    :meth:`timing` summarises them without the first call, which pays one-off costs.
+    """
+
+    def __init__(self, model, classes=None, palette=None, normalize=None, backend="eager", device="auto", size=None,
+                 mode="whole", crop=None, stride=None, calibration=None, calibration_count=None, int8_mode=None,
+                 num_threads=None):
+        from ..data.base import NORMALIZATIONS
+        from ..viz import palette_for
+
+        if backend not in PREDICT_BACKENDS:
+            raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(PREDICT_BACKENDS)}")
+        if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
+            raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend "
+                                "onnxruntime_int8 or drop them")
+        self.mode, self.crop, self.stride = check_mode(mode, crop, stride)
+        if size is not None:
+            size = tuple(int(v) for v in size)
+            if len(size) != 2 or min(size) < 64:
+                raise LightsegError(f"size {size}: give H W, each at least 64")
+        self.size = size
+        self.name = getattr(model, "lightseg_name", type(model).__name__)
+        self.num_classes = int(getattr(model, "num_classes", 0) or 0) or None
+        n = self.num_classes or len(classes or ()) or 1
+        self.classes = list(classes or getattr(model, "classes", None) or [f"class {i}" for i in range(n)])
+        pal = palette or getattr(model, "palette", None) or palette_for(min(max(n, 1), 255))
+        self.palette = [tuple(int(v) for v in c) for c in pal]
+        self.colors = np.asarray(self.palette, np.uint8)  # label map -> colours by indexing: colors[label]
+        if self.num_classes and (len(self.classes) != self.num_classes or len(self.palette) < self.num_classes):
+            raise LightsegError(f"{len(self.classes)} class names and {len(self.palette)} palette colours for a "
+                                f"{self.num_classes}-class {self.name}; the checkpoint's metadata is inconsistent")
+        self.normalize = normalize or getattr(model, "normalize", None) or "imagenet"
+        if self.normalize not in NORMALIZATIONS:
+            raise LightsegError(f"normalize {self.normalize!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
+        mean, std = NORMALIZATIONS[self.normalize]
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        self.backend = backend
+        self.runtime = Runtime(model, backend=backend, device=device, input_size=size, calibration=calibration,
+                               calibration_count=calibration_count, normalize=self.normalize, int8_mode=int8_mode,
+                               num_threads=num_threads)
+        self.device = self.runtime.device
+        self._runner = _TimedRunner(self.runtime)
+        self.latencies_ms: list[float] = []
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_checkpoint(cls, path, model: str | None = None, **kwargs) -> "Segmenter":
+        """A Segmenter from a lightseg checkpoint (``model``: only needed for a bare state dict)."""
+        net, ckpt = load_model(model, checkpoint=path)
+        ckpt = ckpt or {}
+        kwargs.setdefault("classes", ckpt.get("classes") or None)
+        kwargs.setdefault("palette", ckpt.get("palette") or None)
+        kwargs.setdefault("normalize", checkpoint_normalization(ckpt))
+        return cls(net, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, weights: str = "camvid", **kwargs) -> "Segmenter":
+        """A Segmenter from weights shipped with lightseg (see ``lightseg models`` for which exist)."""
+        from ..models import create_model
+
+        return cls(create_model(name, weights=weights), **kwargs)
+
+    # ------------------------------------------------------------------ inference
+    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        if self.size is not None:
+            images = [img if img.shape[:2] == self.size else
+                      cv2.resize(img, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR) for img in images]
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+    def predict_batch(self, images) -> list[np.ndarray]:
+        """Label maps of a list of same-size RGB uint8 images, run as one batch."""
+        images = [_check_rgb(img) for img in images]
+        if not images:
+            return []
+        h, w = images[0].shape[:2]
+        if any(img.shape[:2] != (h, w) for img in images):
+            raise LightsegError("predict_batch needs images of one size; call the Segmenter on a list to group them")
+        x = self._to_tensor(images)
+        self._runner.elapsed_ms = 0.0
+        labels = predict_labels(self._runner, x, (h, w), mode=self.mode, crop=self.crop, stride=self.stride)
+        self.latencies_ms.extend([self._runner.elapsed_ms / len(images)] * len(images))
+        labels = labels.cpu().numpy()
+        return list(labels.astype(np.uint8 if self.num_classes is None or self.num_classes <= 256 else np.uint16))
+
+    def __call__(self, image, batch_size: int = 8):
+        """One image -> its label map; a list of images -> a list of label maps (same-size runs batched)."""
+        if isinstance(image, (list, tuple)):
+            out: list = []
+            run: list = []
+            for img in image:
+                if run and (len(run) == batch_size or _check_rgb(img).shape != run[0].shape):
+                    out.extend(self.predict_batch(run))
+                    run = []
+                run.append(_check_rgb(img))
+            return out + self.predict_batch(run)
+        return self.predict_batch([image])[0]
+
+    def overlay(self, image, label=None, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
+        """``image`` with the label colours blended in (``label`` computed when not given) and, with
+        ``legend``, a panel naming the classes present."""
+        from ..viz import draw_legend, overlay
+
+        image = _check_rgb(image)
+        label = self(image) if label is None else label
+        blended = overlay(image, label, self.palette, alpha)
+        return draw_legend(blended, self.classes, self.palette, present=np.unique(label)) if legend else blended
+
+    def timing(self) -> dict:
+        """Model time per image: the median of the warm calls (the first call, which pays one-off costs
+        such as allocations and kernel selection, is left out and reported as ``first_ms``)."""
+        lat = self.latencies_ms
+        warm = lat[1:]
+        median = statistics.median(warm) if warm else None
+        return {"first_ms": round(lat[0], 2) if lat else None, "warm_calls": len(warm), "warmup_calls": min(len(lat), 1),
+                "median_ms": round(median, 2) if median else None,
+                "fps": round(1000.0 / median, 2) if median else None}
+
+    def __repr__(self) -> str:
+        return (f"Segmenter({self.name}, {len(self.classes)} classes, backend={self.backend}, device={self.device}, "
+                f"mode={self.mode}{', size=' + str(self.size) if self.size else ''})")
+

@@ -1,0 +1,111 @@
+"""Trained weights that ship inside the package: ``lightseg.create_model(name, weights="camvid")``.
+
+The folder holds the weight files and ``manifest.json``, one record per file::
+
+    {"model": "mininet_211k", "weights": "camvid", "file": "mininet_211k_camvid.pt", "sha256": "...",
+     "dataset": "camvid", "num_classes": 11, "classes": [...], "palette": [[r, g, b], ...],
+     "normalize": "imagenet", "model_kwargs": {}, "train_splits": ["train", "val"],
+     "command": "lightseg train ...", "iterations": 13800, "commit": "...", "val_miou": 0.564,
+     "eval_command": "lightseg eval ...", "notes": "..."}
+
+Adding weights is dropping the file here and appending its record (``manifest_record`` fills the
+file's name and hash). A file is loaded only when its sha256 matches the record, and with
+``weights_only=True``: a modified or truncated file is refused before it is unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from ..errors import CheckpointError, LightsegError
+
+# Where the files and manifest.json live; tests point it at a temporary folder.
+WEIGHTS_DIR = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+REQUIRED_KEYS = ("model", "weights", "file", "sha256", "dataset", "num_classes", "classes", "palette")
+
+
+def _manifest_path() -> Path:
+    return Path(WEIGHTS_DIR) / MANIFEST
+
+
+def list_weights() -> list[dict]:
+    """Every manifest record (an empty list when no weights are installed)."""
+    path = _manifest_path()
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LightsegError(f"{path}: the weights manifest is unreadable ({e}); reinstall lightseg") from e
+    records = data.get("weights", []) if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise LightsegError(f"{path}: expected {{\"weights\": [records]}}; reinstall lightseg")
+    for i, r in enumerate(records):
+        missing = [k for k in REQUIRED_KEYS if k not in r]
+        if missing:
+            raise LightsegError(f"{path}: record {i} ({r.get('model')!r}) lacks {', '.join(missing)}")
+    return records
+
+
+def weights_for(model: str) -> list[dict]:
+    """The records of ``model`` (possibly none)."""
+    return [r for r in list_weights() if r["model"] == model]
+
+
+def _available() -> str:
+    records = list_weights()
+    if not records:
+        return "no model has trained weights in this installation yet"
+    return "models with weights: " + ", ".join(f"{r['model']} (weights={r['weights']!r})" for r in records)
+
+
+def find_weights(model: str, weights: str) -> dict:
+    """The manifest record of ``model`` trained as ``weights`` (e.g. ``"camvid"``), or a clear error."""
+    records = list_weights()
+    for r in records:
+        if r["model"] == model and r["weights"] == weights:
+            return r
+    own = [r["weights"] for r in records if r["model"] == model]
+    if own:
+        raise LightsegError(f"{model} has no weights named {weights!r}; it has: {', '.join(map(repr, own))}")
+    raise LightsegError(f"{model} has no trained weights named {weights!r}; {_available()}. "
+                        f"Train it yourself (lightseg train configs/{model}_{weights}.yaml) and pass --checkpoint")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_weights(record: dict) -> dict:
+    """The checkpoint dict of a manifest ``record`` ({"model": state_dict, ...}), hash-checked, weights-only."""
+    import torch
+
+    path = Path(WEIGHTS_DIR) / record["file"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: the weight file of {record['model']} ({record['weights']}) is missing; "
+                              "reinstall lightseg") from None
+    digest = sha256_of(data)
+    if digest != record["sha256"]:
+        raise CheckpointError(f"{path}: refused: its sha256 is {digest}, the manifest says {record['sha256']}; the file "
+                              "was modified or truncated. Reinstall lightseg (pip install --force-reinstall lightseg)")
+    # Hash and unpickle the same bytes: nothing can swap the file in between.
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the weights-only unpickler refuses anything but tensors
+        raise CheckpointError(f"{path}: refused: not a weights-only file ({e.__class__.__name__}: {str(e)[:200]})") from e
+    if isinstance(obj, dict) and "model" not in obj:
+        obj = {"model": obj}
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return obj
+
+
+def manifest_record(path, model: str, weights: str, **fields) -> dict:
+    """A manifest record for the weight file ``path`` (its name and sha256 filled in)."""
+    path = Path(path)
+    return {"model": model, "weights": weights, "file": path.name, "sha256": sha256_of(path.read_bytes()), **fields}
