@@ -281,7 +281,9 @@ class Trainer:
         from ..models import create_model
 
         self.train_set = build_dataset(cfg["data"], cfg["data"]["train_split"], train=True)
-        self.val_set = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False)
+        # train.val_interval 0 (--no-val): no validation set is needed, and none is read.
+        validating = bool(t["val_every_epochs"] or t["val_interval"])
+        self.val_set = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False) if validating else None
         n_cls = cfg["model"]["num_classes"]
         if getattr(self.train_set, "num_classes", n_cls) != n_cls:
             raise ConfigError(f"model.num_classes is {n_cls} but the {cfg['data']['name']} dataset at {cfg['data']['root']!r} "
@@ -464,7 +466,8 @@ class Trainer:
         return report
 
     # ------------------------------------------------------------ the loop
-    def _train_step(self, images, labels) -> torch.Tensor:
+    def _train_step(self, images, labels):
+        """One update's forward and backward; returns (loss, {term: value}) detached."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -473,10 +476,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.ddp_model(images)
             loss = self.criterion(outputs, labels)
+        parts = {}
         if isinstance(loss, tuple):  # build_criterion returns (total, {part: value}) for logging
-            loss = loss[0]
+            loss, parts = loss
         self.scaler.scale(loss).backward()
-        return loss.detach()
+        return loss.detach(), parts
 
     def _handle_bad(self, bad: list, images) -> bool:
         """Log/raise for samples that raised DataError. Returns True when this iteration has data."""
@@ -495,10 +499,18 @@ class Trainer:
         return True
 
     def fit(self) -> Path:
+        self.tb = None
         try:
             self._build()
+            if self.cfg["train"]["tensorboard"] and self.dist.is_main:
+                from .tensorboard import TensorBoardLogger
+
+                self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
+                                            purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
             return self._fit()
         finally:
+            if self.tb is not None:
+                self.tb.close()
             if hasattr(self, "dist"):
                 du.teardown(self.dist)
 
@@ -518,10 +530,14 @@ class Trainer:
                       f"raise train.iters to train further", file=sys.stderr)
             return self.run_dir
 
+        if not self.val_interval and self.dist.is_main:
+            print("lightseg train: validation is off (train.val_interval: 0 / --no-val): no best.pt will be written; "
+                  f"evaluate {self.run_dir / 'last.pt'} with lightseg eval", file=sys.stderr)
         self.ddp_model.train()
         bar = tqdm(total=self.max_iters, initial=self.iteration, file=sys.stderr, disable=not self.dist.is_main,
                    dynamic_ncols=True, mininterval=1.0, desc=f"train {self.cfg['model']['name']}")
         loss_sum, loss_count, seen, t_log = 0.0, 0, 0, time.perf_counter()
+        part_sums: dict = {}
         self.t_start = t_start = time.time()
         params = [p for p in self.model.parameters() if p.requires_grad]
         with _StopRequest() as stop, bar:
@@ -532,7 +548,7 @@ class Trainer:
                 # Dropout & co. depend only on (seed, iteration, rank): exact on resume.
                 torch.manual_seed(derive_seed(t["seed"], it, self.dist.rank, 0xD80))
                 if has_data:
-                    loss = self._train_step(images, labels)
+                    loss, parts = self._train_step(images, labels)
                     # one all-reduce carries the loss and the stop request, so all ranks agree
                     packed = torch.tensor([float(loss), 1.0 if stop.signal_name else 0.0], dtype=torch.float64)
                     du.all_reduce_sum(packed, self.dist)
@@ -552,6 +568,8 @@ class Trainer:
                     self.scheduler.on_train_loss(it, loss_value)
                     loss_sum += loss_value
                     loss_count += 1
+                    for name, value in parts.items():
+                        part_sums[name] = part_sums.get(name, 0.0) + float(value)
                     seen += images.shape[0] * self.dist.world_size
                     stop_requested = packed[1].item() > 0
                 else:
@@ -565,11 +583,15 @@ class Trainer:
                         self._log({"kind": "train", "iter": self.iteration, "epoch": self.epoch_of(self.iteration),
                                    "time": round(time.time() - t_start, 3), "loss": loss_sum / loss_count,
                                    "lr": lr, "images_per_s": ips})
+                        if self.tb is not None:  # the loss terms are rank 0's (the total is averaged over ranks)
+                            self.tb.train(self.iteration, loss_sum / loss_count, lr,
+                                          {k: v / loss_count for k, v in part_sums.items()}, ips)
                         bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                     loss_sum, loss_count, seen, t_log = 0.0, 0, 0, now
+                    part_sums = {}
                 bar.update(1)
 
-                do_val = self.iteration % self.val_interval == 0 or self.iteration == self.max_iters
+                do_val = bool(self.val_interval) and (self.iteration % self.val_interval == 0 or self.iteration == self.max_iters)
                 do_save = self.iteration % t["ckpt_interval"] == 0 or self.iteration == self.max_iters or stop_requested
                 if (do_val or do_save) and self.dist.distributed:
                     # BatchNorm running statistics are per process under DDP: take rank 0's so that
@@ -600,8 +622,18 @@ class Trainer:
         if miou > self.best_miou:
             self.best_miou = miou
             self.save("best.pt")
+        if self.tb is not None:
+            from .tensorboard import validation_overlays
+
+            self.tb.val(self.iteration, report, validation_overlays(self.model, self.val_set, self.device,
+                                                                     getattr(self.val_set, "palette", None) or self._palette()))
         if self.dist.is_main:
             print(f"lightseg train: iteration {self.iteration}: val mIoU {miou:.4f} (best {self.best_miou:.4f})", file=sys.stderr)
+
+    def _palette(self):
+        from ..viz import palette_for
+
+        return palette_for(min(int(self.cfg["model"]["num_classes"]), 255))
 
 
 def fit(cfg: dict, resume=None, skip_bad: bool = False) -> Path:
