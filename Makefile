@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DATA ?=
 ITERS ?=
 # torch is installed first from the constraints file: resolving a bare `torch` pulls the CUDA build.
-$(BIN)/lightseg: pyproject.toml constraints.txt
+$(BIN)/lightseg: pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0

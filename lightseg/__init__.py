@@ -1,8 +1,31 @@
-"""lightseg: lightweight real-time semantic segmentation (MiniNet, ATONet, Dual ASPP, ShuffleNetV2+DPC, RDS-Net)."""
+"""lightseg: lightweight real-time semantic segmentation (MiniNet, ATONet, Dual ASPP, ShuffleNetV2+DPC, RDS-Net).
+
+    import lightseg
+    seg = lightseg.Segmenter.from_checkpoint("runs/mininet_211k_camvid/best.pt")
+    label = seg(rgb)                       # (H, W) class ids of an RGB uint8 image
+    model = lightseg.create_model("mininet_211k", num_classes=11)
+
+The names below are imported on first use, so that ``lightseg --help`` and ``--version`` start at once
+(PyTorch alone takes a second to import).
+"""
 from .errors import LightsegError
-from .models import create_model, list_models, model_info, register_model
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "create_model": ".models", "list_models": ".models", "model_info": ".models", "register_model": ".models",
+    "Segmenter": ".deploy.segmenter",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightseg' has no attribute {name!r}")
 
 
 def export_onnx(model, path, input_size=(512, 1024), dynamic=False, **kwargs):
@@ -19,4 +42,5 @@ def load_checkpoint(path, **kwargs):
     return _load(path, **kwargs)
 
 
-__all__ = ["create_model", "list_models", "model_info", "register_model", "export_onnx", "load_checkpoint", "LightsegError"]
+__all__ = ["Segmenter", "create_model", "list_models", "model_info", "register_model", "export_onnx",
+           "load_checkpoint", "LightsegError", "__version__"]

@@ -1,25 +1,45 @@
-"""The model tables behind `lightseg models`: params and MACs of every registered model, and
-(`--paper`) every row of the papers' complexity tables rebuilt from the code beside the paper's figures."""
+"""The model tables behind `lightseg models`: params and MACs of every registered model with the
+trained weights shipped for it (and their measured val mIoU), and (`--paper`) every row of the papers'
+complexity tables rebuilt from the code beside the paper's figures.
+
+Speed: every model is built on the meta device and profiled by one shapes-only forward pass
+(:func:`profile_model`). The first meta operation of a process imports ``torch._dynamo`` (about a second
+here), so the rows of `lightseg models` are also cached, keyed by the hash of lightseg's source code, the
+torch version and the arguments: a cached table is the one the code gives, and any change to the code
+computes it again. A cache hit imports neither torch nor the models. The cache is
+``$XDG_CACHE_HOME/lightseg`` (default ``~/.cache/lightseg``); ``LIGHTSEG_CACHE=0`` turns it off.
+"""
 from __future__ import annotations
 
-import torch
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
 
 from .errors import LightsegError
-from .models.registry import create_model, list_models, model_info, paper_tables
-from .profile import profile
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CACHE_VERSION = 1
 
 
 def profile_model(name: str, size, num_classes: int = 19, **kwargs) -> dict:
     """Params (all, and those an eval-mode forward uses) and MACs at ``size`` of one model, built on
     the meta device: shapes only, no weight initialisation or arithmetic, so it is fast at any size."""
+    import torch
+
+    from .models.registry import create_model
+    from .profile import profile
+
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, **kwargs)
     # params_inference: without train-only auxiliary / deep-supervision heads, as the papers count
     return profile(model, tuple(size))
 
 
-def models_table(size=None, num_classes: int = 19) -> list[dict]:
-    """One record per model: name, paper, params, MACs at ``size`` (default: the paper's size)."""
+def _compute_rows(size=None, num_classes: int = 19) -> list[dict]:
+    from .models.registry import list_models, model_info
+
     rows = []
     for name in list_models():
         info = model_info(name)
@@ -38,22 +58,83 @@ def models_table(size=None, num_classes: int = 19) -> list[dict]:
     return rows
 
 
+def source_hash() -> str:
+    """sha256 over lightseg's Python sources (path and content of every file)."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightseg"
+
+
+def _cache_path(size, num_classes) -> Path:
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a torch built from source
+        torch_version = "unknown"
+    key = json.dumps([CACHE_VERSION, source_hash(), torch_version, list(size) if size else None, num_classes])
+    return cache_dir() / f"models-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def models_table(size=None, num_classes: int = 19, cache: bool | None = None) -> list[dict]:
+    """One record per model: name, paper, params, MACs at ``size`` (default: the paper's size) and its
+    shipped ``weights`` (``[{"weights": "camvid", "dataset": ..., "val_miou": ...}]``, empty when none)."""
+    if cache is None:
+        cache = os.environ.get("LIGHTSEG_CACHE", "1") != "0"
+    rows = None
+    path = _cache_path(size, num_classes) if cache else None
+    if path is not None and path.is_file():
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):
+            rows = None  # a damaged cache file is recomputed and replaced
+    if rows is None:
+        rows = _compute_rows(size, num_classes)
+        if path is not None:
+            try:
+                from .checkpoint import atomic_write_bytes
+
+                atomic_write_bytes(path, lambda f: f.write(json.dumps(rows).encode()))
+            except OSError:
+                pass  # a read-only home: no cache, same table
+    from .weights import list_weights
+
+    shipped = list_weights()
+    for r in rows:
+        r["weights"] = [{"weights": w["weights"], "dataset": w["dataset"], "val_miou": w.get("val_miou")}
+                        for w in shipped if w["model"] == r["name"]]
+    return rows
+
+
 def _fmt(v, unit):
     return "-" if v is None else f"{v / unit:.2f}"
 
 
+def _fmt_weights(weights) -> str:
+    if not weights:
+        return "-"
+    return ", ".join(w["weights"] + (f" {100 * w['val_miou']:.1f}" if w.get("val_miou") is not None else "") for w in weights)
+
+
 def format_models_table(rows) -> str:
     head = (f"{'name':32s} {'paper':26s} {'params(M)':>9s} {'infer(M)':>8s} {'paper':>7s} "
-            f"{'GMACs':>8s} {'paper':>7s}  input")
+            f"{'GMACs':>8s} {'paper':>7s}  {'input':9s}  weights (val mIoU %)")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['name']:32s} {r['paper'][:26]:26s} {_fmt(r['params'], 1e6):>9s} "
             f"{_fmt(r['params_inference'], 1e6):>8s} {_fmt(r['paper_params'], 1e6):>7s} "
-            f"{_fmt(r['macs'], 1e9):>8s} {_fmt(r['paper_macs'], 1e9):>7s}  {r['input_size'][0]}x{r['input_size'][1]}"
+            f"{_fmt(r['macs'], 1e9):>8s} {_fmt(r['paper_macs'], 1e9):>7s}  "
+            f"{str(r['input_size'][0]) + 'x' + str(r['input_size'][1]):9s}  {_fmt_weights(r.get('weights'))}"
         )
     lines.append("params: all; infer: those used at inference (train-only aux heads excluded).")
     lines.append("MACs = multiply-accumulates of one forward pass (conv + linear layers; FLOPs = 2 x MACs), batch 1.")
+    lines.append("weights: trained weights shipped with lightseg (lightseg predict --model NAME --weights W), with the "
+                 "val mIoU lightseg eval measured; '-' = none yet.")
     return "\n".join(lines)
 
 
@@ -66,6 +147,8 @@ def paper_rows(paper: str | None = None) -> list[dict]:
 
     ``params`` is the inference network's count (train-only heads excluded, as the papers count);
     ``flops`` is ours in the paper's own unit (MACs x the paper's ``flops_per_mac``)."""
+    from .models.registry import model_info, paper_tables
+
     tables = paper_tables()
     if paper is not None and paper not in tables:
         raise LightsegError(f"no complexity tables for paper {paper!r}; choose one of {', '.join(sorted(tables))}")
@@ -97,6 +180,8 @@ def _count(v, unit):
 
 def format_paper_rows(rows) -> str:
     """A markdown table per paper: the paper's params and FLOPs beside ours."""
+    from .models.registry import paper_tables
+
     tables = paper_tables()
     lines = []
     for key in dict.fromkeys(r["paper"] for r in rows):
