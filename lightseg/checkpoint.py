@@ -25,15 +25,32 @@ from .errors import CheckpointError
 FORMAT_VERSION = 1
 
 
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 less the process umask.
+
+    Temporary files are created 0o600 (``mkstemp``); renamed into place as they are, outputs in a shared
+    folder would be unreadable to the others, whatever their umask says.
+    """
+    try:  # Linux reports the umask without changing it (os.umask can only be read by setting it)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, write_fn) -> Path:
     """Call ``write_fn(fileobj)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never half a file.
+    A crash at any moment leaves either the old file or the new one, never half a file. The file gets the
+    permissions of a newly created one (:func:`new_file_mode`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()

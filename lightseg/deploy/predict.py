@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..checkpoint import new_file_mode
 from ..errors import LightsegError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -381,6 +382,7 @@ def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, ma
     state["writer"].release()
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
     os.replace(tmp, out_path)
     return [str(out_path)], frames_done
 
