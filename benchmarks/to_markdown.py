@@ -9,12 +9,12 @@ import json
 
 def rows(records, zoo=False):
     head = ["model", "backend", "input", "params (M)", "GMACs", "median ms", "p90 ms", "FPS", "GFLOP/s",
-            "% conv peak", "speed-up vs eager NCHW"]
+            "% peak", "speed-up vs eager NCHW"]
     if zoo:
         head.append("paper FPS (paper's GPU)")
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        share = r.get("share_of_conv_peak")
+        share = r.get("share_of_peak", r.get("share_of_conv_peak"))  # older files: share of the 3x3-conv peak
         speed = r.get("speedup_vs_eager_nchw")
         cells = [r["model"], r["backend"], f"{r['size'][0]}x{r['size'][1]}", f"{r['params'] / 1e6:.3f}",
                  f"{r['macs'] / 1e9:.2f}", f"{r['latency_ms_median']:.1f}", f"{r['latency_ms_p90']:.1f}",

@@ -221,14 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the paper's)")
     s.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     _add_device(s)
-    s.add_argument("--backend", default="eager", choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "all"],
+    s.add_argument("--backend", default="eager",
+                   choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "onnxruntime_plain", "all"],
                    help="eager_nchw: the model as written; eager: BN folded + channels_last; compile: torch.compile; "
-                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); all: each of them")
+                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); onnxruntime_plain: "
+                        "the baseline without lightseg (plain torch.onnx.export, default ONNX Runtime); all: each of them, "
+                        "timed together")
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="eager backends: the arithmetic type (float16 is for CUDA)")
     s.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
     s.add_argument("--runs", type=int, default=None, help="timed calls (default: as many as fit the time budget, 3..100)")
-    s.add_argument("--peak", action="store_true", help="measure this machine's matmul and conv GFLOP/s peak")
+    s.add_argument("--peak", action="store_true", help="measure this machine's fp32 ceiling (fastest conv/GEMM kernel) and copy bandwidth")
+    s.add_argument("--roofline", action="store_true",
+                   help="per model: FLOPs, minimum bytes, the compute and memory bounds, and each backend's efficiency")
     s.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     s.set_defaults(func=cmd_bench)
 

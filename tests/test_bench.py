@@ -88,22 +88,77 @@ def test_peak_memory_sees_an_allocation():
     assert 56 <= mb <= 200  # 64 MiB, touched
 
 
-def test_share_of_peak_and_table(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "measure_peak", lambda device="cpu": {"matmul_gflops": 100.0, "conv3x3_gflops": 200.0, "threads": 2})
-    assert main(["bench", "--model", "rdsnet", "--size", "64", "64", "--backend", "all", "--warmup", "0", "--runs", "2", "--peak", "--json"]) == 0
+CEILING = {"fp32_gflops": 200.0, "copy_gb_s": 10.0, "best_kernel": "a conv", "threads": 2}
+
+
+def test_backends_timed_together_with_plain_baseline_and_roofline(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "measure_peak", lambda device="cpu": dict(CEILING))
+    assert main(["bench", "--model", "rdsnet", "--size", "64", "64", "--backend", "all", "--warmup", "0", "--runs", "3",
+                 "--roofline", "--json"]) == 0
     out = capsys.readouterr().out
     records = json.loads(out)  # nothing but the JSON on stdout
-    assert [r["backend"] for r in records] == ["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8"]
+    assert [r["backend"] for r in records] == ["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8",
+                                               "onnxruntime_plain"]
+    plain = records[-1]
     for r in records:
         for key in ["model", "backend", "size", "params", "macs", "latency_ms_median", "latency_ms_p90", "fps"]:
             assert key in r
-        assert r["share_of_conv_peak"] == pytest.approx(r["achieved_gflops"] / 200.0, rel=1e-3)  # both rounded to 4 digits
+        assert r["runs"] == 3  # one call of each backend per round
+        assert r["share_of_peak"] == pytest.approx(r["achieved_gflops"] / 200.0, rel=1e-3)  # both rounded to 4 digits
         assert r["speedup_vs_eager_nchw"] == pytest.approx(records[0]["latency_ms_median"] / r["latency_ms_median"], rel=0.01)
         assert r["macs"] == records[0]["macs"] and r["paper_hardware"] == lightseg.model_info("rdsnet").paper_hardware
+        # the machine travels with every figure
+        assert r["machine"]["cpu"] and isinstance(r["machine"]["isa"], list) and r["machine"]["onnxruntime"]
+        # roofline: compute bound = FLOPs / ceiling, memory bound = bytes / bandwidth, efficiency = bound / latency
+        assert r["bound_compute_ms"] == pytest.approx(r["flops"] / 200e9 * 1000, rel=1e-3)
+        assert r["bound_memory_ms"] == pytest.approx(r["min_bytes"] / 10e9 * 1000, rel=1e-3)
+        assert r["bound_ms"] == max(r["bound_compute_ms"], r["bound_memory_ms"])
+        assert r["roofline_efficiency"] == pytest.approx(r["bound_ms"] / r["latency_ms_median"], rel=0.01)
+        assert r["min_bytes"] > r["weight_bytes"] > 4 * r["params"] * 0.9  # fp32 weights, plus activations
+        assert r["vs_plain"] > 0 and r["model_summary"] == records[0]["model_summary"]
+    assert plain["vs_plain"] == 1.0
+    int8 = records[4]
+    assert int8["int8_mode"] == choose_int8_mode()[0] and 0 <= int8["int8_argmax_agreement"] <= 100 and int8["int8_rel_error"] >= 0
+    summary = records[0]["model_summary"]
+    fp32 = [r for r in records[:4]]
+    assert summary["best_fp32"]["backend"] == min(fp32, key=lambda r: r["latency_ms_median"])["backend"]
     table = format_table(records, zoo=True)
-    assert "FLOPs = 2 x MACs" in table and "not comparable" in table and "1.00x" in table
-    assert "onnxruntime_int8: int8 static quantisation" in table  # the int8 row is labelled as a different model
-    assert records[-1]["int8_mode"] == choose_int8_mode()[0]
+    assert "FLOPs = 2 x MACs" in table and "not comparable" in table and "1.00x" in table and "x plain" in table
+    assert "onnxruntime_int8: int8 static quantisation, mode " + int8["int8_mode"] in table  # a different model, labelled
+    roof = bench.format_roofline(records, CEILING)
+    assert "200.0 GFLOP/s" in roof and "rdsnet" in roof and summary["best_fp32"]["backend"] in roof
+
+
+def test_time_interleaved_alternates_and_follows_budget(clock):
+    order = []
+
+    def call(name, ms):
+        return lambda: (order.append(name), clock.advance(ms / 1000))
+
+    fns = {"a": call("a", 10), "b": call("b", 30)}
+    lat = bench.time_interleaved(fns, {"a": 10, "b": 30}, budget_s=0.2)
+    # 2 backends x 0.2 s / (10 + 30 ms per round) = 10 rounds, each backend once per round, order reversed every other
+    assert len(lat["a"]) == len(lat["b"]) == 10 and lat["a"] == pytest.approx([10] * 10) and lat["b"] == pytest.approx([30] * 10)
+    assert order[:6] == ["a", "b", "b", "a", "a", "b"]
+    assert len(bench.time_interleaved(fns, {"a": 10, "b": 30}, runs=4)["a"]) == 4
+
+
+def test_plain_baseline_is_the_model_as_written():
+    model = lightseg.create_model("rdsnet", num_classes=3).eval()
+    plain = bench.PlainOnnxRuntime(model)
+    x = torch.randn(1, 3, 64, 96)
+    plain.prepare(tuple(x.shape))
+    assert plain.num_threads == torch.get_num_threads()  # the same cores as lightseg's sessions
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_machine_header_names_cpu_isa_threads_and_versions():
+    info = bench.machine_info()
+    line = bench.format_machine(info)
+    for word in [info["cpu"], "torch " + info["torch"], "onnxruntime " + info["onnxruntime"], "threads", "OMP_WAIT_POLICY"]:
+        assert word in line
+    assert all(f in line for f in info["isa"])
 
 
 def test_bench_errors_exit_2(capsys):
@@ -119,14 +174,14 @@ def test_bench_errors_exit_2(capsys):
 def test_all_models_uses_paper_sizes(monkeypatch, capsys):
     seen = []
 
-    def fake(name, size, backend, **kw):
-        seen.append((name, tuple(size), backend))
+    def fake(name, backends, size, **kw):
         info = lightseg.model_info(name)
-        return {"model": name, "backend": backend, "size": list(size), "params": 1, "macs": 1, "flops": 2,
-                "latency_ms_median": 10.0, "latency_ms_p90": 11.0, "fps": 100.0, "achieved_gflops": 0.0,
-                "paper_fps": info.paper_fps, "paper_hardware": info.paper_hardware}
+        seen.extend((name, tuple(size), b) for b in backends)
+        return [{"model": name, "backend": b, "size": list(size), "params": 1, "macs": 1, "flops": 2,
+                 "latency_ms_median": 10.0, "latency_ms_p90": 11.0, "fps": 100.0, "achieved_gflops": 0.0,
+                 "paper_fps": info.paper_fps, "paper_hardware": info.paper_hardware} for b in backends]
 
-    monkeypatch.setattr(bench, "benchmark", fake)
+    monkeypatch.setattr(bench, "benchmark_backends", fake)
     assert main(["bench", "--all-models", "--backend", "all"]) == 0
     names = lightseg.list_models()
     # the zoo table compares eager NCHW with the two ONNX Runtime paths, each model at its paper's resolution
@@ -134,3 +189,33 @@ def test_all_models_uses_paper_sizes(monkeypatch, capsys):
                     for b in ("eager_nchw", "onnxruntime", "onnxruntime_int8")]
     out = capsys.readouterr().out
     assert "paper FPS" in out and "not comparable" in out and "adaptive" in out
+
+
+def test_graph_traffic_hand_counted():
+    """conv 3->4 (3x3) -> relu -> conv 4->2 (1x1) -> pool -> concat with twice itself, at 64x64: bytes by hand."""
+    from lightseg.deploy.export import export_to_bytes
+    from lightseg.deploy.roofline import graph_traffic, roofline
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.b = nn.Conv2d(4, 2, 1)
+            self.pool = nn.MaxPool2d(2)
+
+        def forward(self, x):
+            p = self.pool(self.b(torch.relu(self.a(x))))
+            return torch.cat([p, p * 2], 1)
+
+    t = graph_traffic(export_to_bytes(Net().eval(), (64, 64), fuse=False))
+    px = 64 * 64
+    assert t["weight_bytes"] >= 4 * (4 * 3 * 9 + 4 + 2 * 4 + 2)
+    assert t["weight_bytes"] < 4 * (4 * 3 * 9 + 4 + 2 * 4 + 2) + 64  # plus a few scalars (the 2) at most
+    # conv a reads the input and its output stays in registers (relu fused); relu writes 4 channels; conv b reads
+    # them and writes 2; the pool reads those and writes a quarter; the multiply reads that and writes as much;
+    # the concat moves nothing (its inputs are written in place)
+    expected = 4 * (3 * px + 4 * px + 4 * px + 2 * px + 2 * px + 2 * px // 4 + 2 * px // 4 + 2 * px // 4)
+    assert t["activation_bytes"] == expected and t["bytes"] == t["weight_bytes"] + expected
+    assert t["unknown_shapes"] == 0
+    r = roofline(flops=2e9, bytes_moved=1e8, ceiling={"fp32_gflops": 100.0, "copy_gb_s": 20.0})
+    assert r == {"bound_compute_ms": 20.0, "bound_memory_ms": 5.0, "bound_ms": 20.0, "bound_by": "compute"}

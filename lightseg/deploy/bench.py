@@ -1,16 +1,25 @@
-"""Speed on this machine: params, MACs, latency (median, p90), FPS, memory, achieved GFLOP/s.
+"""Speed on this machine: params, MACs, latency (median, p90), FPS, memory, achieved GFLOP/s, roofline.
 
-Method: the input is created once, outside the timed region; ``warmup`` untimed calls, then
-``runs`` calls each timed with ``time.perf_counter`` (``torch.cuda.synchronize()`` before reading
+Method: the input is created once, outside the timed region. Each backend is built and warmed up in turn
+(``warmup`` untimed calls), then all of a model's backends are timed together in rounds, one call of each per
+round, the order reversed every other round: on a shared machine the load drifts, and interleaving spreads it
+over every backend alike, so their ratios hold (the ratio to ``onnxruntime_plain`` is the median of the
+per-round ratios). Each call is timed with ``time.perf_counter`` (``torch.cuda.synchronize()`` before reading
 the clock on CUDA) under ``torch.inference_mode()``. FPS = batch * 1000 / median latency (ms).
 MACs are multiply-accumulates of the conv and linear layers (:mod:`lightseg.profile`); FLOPs = 2 x MACs.
 When ``warmup``/``runs`` are not given they are chosen from a time budget: warm-up calls until two
 consecutive ones agree within 10% (the first includes one-off work such as ``torch.compile``), then as
-many timed runs as fit ``budget_s`` (3..100).
+many rounds as fit ``budget_s`` per backend (3..100).
+
+``onnxruntime_plain`` is the baseline a user has without lightseg: the model as written through plain
+``torch.onnx.export`` into an ONNX Runtime session with default options and the same thread count.
+The roofline (``--roofline``, :mod:`.roofline`) bounds each model's latency on this machine from its FLOPs and
+the minimum bytes its exported graph moves; efficiency = bound / measured latency.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,6 +38,9 @@ ZOO_BUDGET_S = 6.0
 # int8 timing: the quantisation ranges do not change which kernels run, so two synthetic calibration scenes
 # suffice (calibration runs the model at full size; 8 scenes took 3 of the zoo table's 8 minutes).
 BENCH_CALIBRATION_COUNT = 2
+PLAIN = "onnxruntime_plain"
+BENCH_BACKENDS = (*BACKENDS, PLAIN)
+FP32_ONNX = ("onnxruntime", PLAIN)
 
 
 # ---------------------------------------------------------------------- timing
@@ -62,6 +74,25 @@ def time_callable(fn, warmup=None, runs=None, sync=None, budget_s=5.0, min_runs=
         runs = int(min(max_runs, max(min_runs, budget_s * 1000 / max(est, 1e-3))))
     warmup_used = len(warm)
     return [one() for _ in range(runs)], warmup_used
+
+
+def time_interleaved(fns: dict, estimates_ms: dict, runs=None, sync=None, budget_s=5.0, min_runs=3, max_runs=100) -> dict:
+    """Latencies (ms) of already warmed-up callables, timed in rounds: one call of each per round, in reverse
+    order every other round. ``runs`` None: as many rounds as ``budget_s`` per callable allows, from
+    ``estimates_ms`` (one latency each), within ``min_runs``..``max_runs``."""
+    sync = sync or (lambda: None)
+    names = list(fns)
+    if runs is None:
+        per_round = sum(max(estimates_ms[n], 1e-3) for n in names)
+        runs = int(min(max_runs, max(min_runs, budget_s * 1000 * len(names) / per_round)))
+    lat = {n: [] for n in names}
+    for i in range(runs):
+        for n in (names if i % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[n]()
+            sync()
+            lat[n].append((time.perf_counter() - t0) * 1000.0)
+    return lat
 
 
 # ---------------------------------------------------------------------- memory
@@ -115,29 +146,33 @@ class PeakMemory:
         return False
 
 
-# ---------------------------------------------------------------------- peak GFLOP/s
-def measure_peak(device="cpu", budget_s=2.0) -> dict:
-    """This machine's fp32 GFLOP/s for a 2048^3 matmul and a 3x3 conv 64->64 in channels_last.
+# ---------------------------------------------------------------------- ceiling
+def measure_peak(device="cpu", budget_s=0.6) -> dict:
+    """This machine's fp32 compute ceiling (``fp32_gflops``) and memory bandwidth (``copy_gb_s``).
 
-    The conv figure is the reference for "share of peak": it is what a conv net could reach.
+    CPU: the fastest of oneDNN and MLAS kernels (:func:`.roofline.measure_ceiling`). CUDA: a 2048^3 matmul,
+    a 3x3 conv and a device copy through PyTorch.
     """
     device = resolve_device(device)
+    if device.type == "cpu":
+        from .roofline import measure_ceiling
+
+        return {**measure_ceiling(budget_s=budget_s), "device": "cpu"}
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    n = 2048
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    # The 25th-percentile latency: near the best the machine does, but not a single lucky (or mis-timed) run.
+    n, (h, w) = 2048, (256, 512)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 64, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    src = torch.ones(2**26, device=device)
+    dst = torch.empty_like(src)
     with torch.inference_mode():
-        lat, _ = time_callable(lambda: torch.mm(a, b), budget_s=budget_s, sync=sync, min_runs=8)
-        matmul = 2 * n**3 / (float(np.percentile(lat, 25)) / 1000) / 1e9
-        h, w = 256, 512
-        conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last)
-        x = torch.randn(1, 64, h, w, device=device).contiguous(memory_format=torch.channels_last)
-        lat, _ = time_callable(lambda: conv(x), budget_s=budget_s, sync=sync, min_runs=8)
-        conv_gflops = 2 * h * w * 64 * 64 * 9 / (float(np.percentile(lat, 25)) / 1000) / 1e9
-    return {"matmul_gflops": round(matmul, 1), "conv3x3_gflops": round(conv_gflops, 1),
-            "threads": torch.get_num_threads(), "device": str(device),
-            "method": "fp32 2048^3 matmul and 3x3 conv 64->64 at 256x512 NHWC; 25th-percentile latency"}
+        best = {name: min(time_callable(fn, budget_s=budget_s, sync=sync, min_runs=8)[0])
+                for name, fn in [("mm", lambda: torch.mm(a, b)), ("conv", lambda: conv(x)), ("copy", lambda: dst.copy_(src))]}
+    kernels = {f"torch mm {n}^3": 2 * n**3 / best["mm"] / 1e6, f"torch 3x3 conv 64->64 at {h}x{w}": 2 * h * w * 64 * 64 * 9 / best["conv"] / 1e6}
+    top = max(kernels, key=kernels.get)
+    return {"fp32_gflops": round(kernels[top], 1), "best_kernel": top, "copy_gb_s": round(2 * src.numel() * 4 / best["copy"] / 1e6, 1),
+            "kernels": {k: round(v, 1) for k, v in kernels.items()}, "threads": torch.get_num_threads(), "device": str(device),
+            "method": "fastest run of each kernel"}
 
 
 # ---------------------------------------------------------------------- one record
@@ -146,45 +181,93 @@ def _sig(v, digits=4):
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    try:
-        import onnxruntime
+    """What the figures were measured on: CPU model and ISA features, threads, library versions, load."""
+    import numpy
 
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    from ..hardware import cpu_info
+
+    info = {**cpu_info().as_dict(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "onnxruntime_threads": torch.get_num_threads(),  # lightseg's ORT sessions use the same count
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__}
+    for lib in ("onnxruntime", "onnx"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:  # pragma: no cover - the deploy extra is not installed
+            info[lib] = None
+    if hasattr(os, "getloadavg"):
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
-def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=None, runs=None,
-              dtype="float32", num_classes=19, budget_s=5.0, peak=None) -> dict:
-    """Benchmark one model with one backend; returns a flat record (see module docstring).
+def format_machine(info) -> str:
+    return (f"machine: {info['cpu']} ({info['arch']}: {' '.join(info['isa']) or 'no AVX2/AVX-512/VNNI/AMX/dotprod'}), "
+            f"{info['cores']} cores, {info['torch_threads']} torch / {info['onnxruntime_threads']} onnxruntime threads, "
+            f"OMP_WAIT_POLICY={info['omp_wait_policy'] or 'unset'}; python {info['python']}, torch {info['torch']}, "
+            f"onnxruntime {info['onnxruntime']}, onnx {info['onnx']}, numpy {info['numpy']}; "
+            f"load average {info.get('loadavg_1m', '-')}")
+
+
+class PlainOnnxRuntime:
+    """What a user runs without lightseg: ``torch.onnx.export`` of the model as written (no BN folding, no
+    rewrites), an ONNX Runtime session with default options and ``num_threads`` intra-op threads."""
+
+    def __init__(self, model, num_threads=None):
+        self.model, self.num_threads, self.session = model, num_threads or torch.get_num_threads(), None
+
+    def prepare(self, shape):
+        import onnxruntime as ort
+
+        from .export import export_to_bytes
+
+        with torch.inference_mode(False):
+            data = export_to_bytes(self.model, shape[2:], batch=shape[0], fuse=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images):
+        out = self.session.run(None, {self.session.get_inputs()[0].name: images.detach().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def _int8_agreement(net, runner, size, batch):
+    """int8 against the fp32 model on a synthetic scene not used for calibration (relative logit error,
+    argmax agreement %): a check for a broken int8 path (saturation), not a measure of accuracy."""
+    import numpy as np
+
+    from .quantize import calibration_images
+
+    x = torch.from_numpy(np.stack(calibration_images(None, size, count=batch, seed=1)))
+    with torch.inference_mode():
+        ref = net(x)
+    out = runner(x)
+    rel = float(torch.linalg.norm(out - ref) / torch.linalg.norm(ref))
+    agree = float((out.argmax(1) == ref.argmax(1)).float().mean() * 100)
+    return round(rel, 4), round(agree, 2)
+
+
+def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup=None, runs=None, dtype="float32",
+                       num_classes=19, budget_s=5.0, peak=None, roofline=False) -> list:
+    """Benchmark one model with several backends, timed together (see module docstring); one record each.
 
     ``model``: a registered name or an ``nn.Module``. ``size``: (H, W); default the paper's size.
-    ``peak``: a :func:`measure_peak` dict, to report the share of this machine's conv peak.
+    ``peak``: a :func:`measure_peak` dict, for the share of this machine's ceiling, and with ``roofline`` the
+    bounds and efficiency (:mod:`.roofline`).
     """
     from ..models import create_model, model_info
     from ..profile import count_macs, count_params
 
-    if backend not in BACKENDS:
-        raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    for backend in backends:
+        if backend not in BENCH_BACKENDS:
+            raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BENCH_BACKENDS)}")
     dev = resolve_device(device)
     resolve_dtype(dtype)
     if isinstance(model, str):
         name = model
-        info = model_info(name)
-        size = tuple(size) if size else tuple(info.paper_size)
+        size = tuple(size) if size else tuple(model_info(name).paper_size)
         net = create_model(name, num_classes=num_classes)
     else:
         net = model
@@ -194,43 +277,89 @@ def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=N
         size = tuple(size)
     if batch < 1:
         raise LightsegError(f"batch must be >= 1, got {batch}")
+    if PLAIN in backends and dev.type != "cpu":
+        raise LightsegError(f"{PLAIN} is the CPU baseline; drop it for --device {dev.type}")
     net.eval()
     params = count_params(net)
     macs = count_macs(net, size, batch=batch, device="meta")
 
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
-    t0 = time.perf_counter()
-    runtime = Runtime(net, backend=backend, device=dev, input_size=size, dtype=dtype,
-                      calibration_count=BENCH_CALIBRATION_COUNT)
-    runtime.prepare(tuple(x.shape))
-    setup_s = time.perf_counter() - t0
-    with PeakMemory(dev) as mem:
-        lat, warmup_used = time_callable(lambda: runtime(x), warmup=warmup, runs=runs, sync=sync, budget_s=budget_s)
-    median = statistics.median(lat)
-    record = {
-        "model": name, "backend": backend, "size": list(size), "batch": batch, "device": str(dev), "dtype": str(dtype),
-        "params": params, "macs": macs, "flops": 2 * macs,
-        "latency_ms_median": round(median, 3), "latency_ms_p90": round(float(np.percentile(lat, 90)), 3),
-        "latency_ms_min": round(min(lat), 3), "fps": round(batch * 1000.0 / median, 2),
-        "warmup": warmup_used, "runs": len(lat), "setup_s": round(setup_s, 2),
-        "peak_mem_mb": round(mem.mb, 1) if mem.mb is not None else None,
-        "achieved_gflops": _sig(2 * macs / (median / 1000.0) / 1e9),
-        "threads": torch.get_num_threads(),
-    }
-    if backend == "onnxruntime_int8":
-        record["calibration"] = f"{BENCH_CALIBRATION_COUNT} synthetic scenes"
-        record["int8_mode"] = runtime.int8_mode
-    if peak:
-        record["peak_conv3x3_gflops"] = peak["conv3x3_gflops"]
-        record["peak_matmul_gflops"] = peak["matmul_gflops"]
-        record["share_of_conv_peak"] = _sig(record["achieved_gflops"] / peak["conv3x3_gflops"])
-    if isinstance(model, str):
-        info = model_info(name)
-        record["paper_size"] = list(info.paper_size)
-        record["paper_fps"] = info.paper_fps
-        record["paper_hardware"] = info.paper_hardware
-    return record
+    runners, setup, mem, warm, est = {}, {}, {}, {}, {}
+    for backend in backends:
+        t0 = time.perf_counter()
+        if backend == PLAIN:
+            runner = PlainOnnxRuntime(net)
+        else:
+            runner = Runtime(net, backend=backend, device=dev, input_size=size, dtype=dtype,
+                             calibration_count=BENCH_CALIBRATION_COUNT)
+        runner.prepare(tuple(x.shape))
+        setup[backend] = time.perf_counter() - t0
+        with PeakMemory(dev) as peak_mem:
+            first, warm[backend] = time_callable(lambda r=runner: r(x), warmup=warmup, runs=1, sync=sync, budget_s=budget_s)
+        runners[backend], mem[backend], est[backend] = runner, peak_mem.mb, first[0]
+    lat = time_interleaved({b: (lambda r=r: r(x)) for b, r in runners.items()}, est, runs=runs, sync=sync, budget_s=budget_s)
+
+    machine = machine_info()
+    bounds = None
+    if roofline and peak:
+        from .export import export_to_bytes
+        from .roofline import graph_traffic, roofline as bound
+
+        traffic = graph_traffic(export_to_bytes(net, size, batch=batch))
+        bounds = {"min_bytes": traffic["bytes"], "weight_bytes": traffic["weight_bytes"], **bound(2 * macs, traffic["bytes"], peak)}
+    records = []
+    for backend in backends:
+        median = statistics.median(lat[backend])
+        record = {
+            "model": name, "backend": backend, "size": list(size), "batch": batch, "device": str(dev), "dtype": str(dtype),
+            "params": params, "macs": macs, "flops": 2 * macs,
+            "latency_ms_median": round(median, 3), "latency_ms_p90": round(float(np.percentile(lat[backend], 90)), 3),
+            "latency_ms_min": round(min(lat[backend]), 3), "fps": round(batch * 1000.0 / median, 2),
+            "warmup": warm[backend], "runs": len(lat[backend]), "setup_s": round(setup[backend], 2),
+            "peak_mem_mb": round(mem[backend], 1) if mem[backend] is not None else None,
+            "achieved_gflops": _sig(2 * macs / (median / 1000.0) / 1e9),
+            "threads": torch.get_num_threads(), "machine": machine,
+        }
+        if PLAIN in lat:
+            # paired: the same rounds, so the load each saw was alike
+            record["vs_plain"] = _sig(statistics.median(p / b for p, b in zip(lat[PLAIN], lat[backend])), 3)
+        if backend == "onnxruntime_int8":
+            record["calibration"] = f"{BENCH_CALIBRATION_COUNT} synthetic scenes"
+            record["int8_mode"] = runners[backend].int8_mode
+            record["int8_rel_error"], record["int8_argmax_agreement"] = _int8_agreement(net, runners[backend], size, batch)
+        if peak:
+            record["peak_fp32_gflops"] = peak["fp32_gflops"]
+            record["share_of_peak"] = _sig(record["achieved_gflops"] / peak["fp32_gflops"])
+        if bounds:
+            record.update(bounds, roofline_efficiency=_sig(bounds["bound_ms"] / median, 3))
+        if isinstance(model, str):
+            info = model_info(name)
+            record["paper_size"] = list(info.paper_size)
+            record["paper_fps"] = info.paper_fps
+            record["paper_hardware"] = info.paper_hardware
+        records.append(record)
+    return records
+
+
+def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=None, runs=None,
+              dtype="float32", num_classes=19, budget_s=5.0, peak=None) -> dict:
+    """Benchmark one model with one backend; returns a flat record (see :func:`benchmark_backends`)."""
+    return benchmark_backends(model, [backend], size=size, batch=batch, device=device, warmup=warmup, runs=runs,
+                              dtype=dtype, num_classes=num_classes, budget_s=budget_s, peak=peak)[0]
+
+
+def best_paths(records) -> dict:
+    """lightseg's fastest fp32 backend and fastest backend overall (int8 included) for one model's records,
+    with their paired ratio to ``onnxruntime_plain`` and roofline efficiency."""
+    ours = [r for r in records if r["backend"] != PLAIN]
+    out = {}
+    for key, pool in (("best_fp32", [r for r in ours if r["backend"] != "onnxruntime_int8"]), ("best", ours)):
+        if pool:
+            r = min(pool, key=lambda r: r["latency_ms_median"])
+            out[key] = {"backend": r["backend"], "latency_ms_median": r["latency_ms_median"], "vs_plain": r.get("vs_plain"),
+                        "roofline_efficiency": r.get("roofline_efficiency")}
+    return out
 
 
 # ---------------------------------------------------------------------- table
@@ -239,27 +368,67 @@ def _fmt(v, spec, dash="-"):
 
 
 def format_table(records, zoo=False) -> str:
-    head = (f"{'model':30s} {'backend':16s} {'input':>9s} {'params(M)':>9s} {'GMACs':>7s} {'median ms':>9s} "
+    plain = any("vs_plain" in r for r in records)
+    roof = any("roofline_efficiency" in r for r in records)
+    head = (f"{'model':30s} {'backend':17s} {'input':>9s} {'params(M)':>9s} {'GMACs':>7s} {'median ms':>9s} "
             f"{'p90 ms':>8s} {'FPS':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'mem MB':>7s} {'speed-up':>8s}")
+    head += f" {'x plain':>7s}" if plain else ""
+    head += f" {'%roof':>6s}" if roof else ""
     if zoo:
         head += f" {'paper FPS':>9s}  paper hardware"
     lines = [head, "-" * len(head)]
     for r in records:
-        share = r.get("share_of_conv_peak")
-        line = (f"{r['model'][:30]:30s} {r['backend']:16s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['params'] / 1e6:9.3f} "
+        share, eff = r.get("share_of_peak"), r.get("roofline_efficiency")
+        line = (f"{r['model'][:30]:30s} {r['backend']:17s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['params'] / 1e6:9.3f} "
                 f"{r['macs'] / 1e9:7.2f} {r['latency_ms_median']:9.1f} {r['latency_ms_p90']:8.1f} {r['fps']:7.2f} "
                 f"{r['achieved_gflops']:8.1f} {_fmt(None if share is None else 100 * share, '6.1f'):>6s} "
                 f"{_fmt(r.get('peak_mem_mb'), '7.0f'):>7s} {_fmt(r.get('speedup_vs_eager_nchw'), '7.2f') + ('x' if r.get('speedup_vs_eager_nchw') else ''):>8s}")
+        line += f" {_fmt(r.get('vs_plain'), '6.2f') + ('x' if r.get('vs_plain') else ''):>7s}" if plain else ""
+        line += f" {_fmt(None if eff is None else 100 * eff, '6.1f'):>6s}" if roof else ""
         if zoo:
             line += f" {_fmt(r.get('paper_fps'), '9.1f'):>9s}  {r.get('paper_hardware') or '-'}"
         lines.append(line)
     lines.append("MACs = multiply-accumulates (conv + linear), FLOPs = 2 x MACs; GFLOP/s = FLOPs / median latency; "
-                 "%peak = share of this machine's 3x3-conv peak (--peak); speed-up vs eager_nchw.")
-    if any(r["backend"] == "onnxruntime_int8" for r in records):
-        lines.append(f"onnxruntime_int8: int8 static quantisation calibrated on {BENCH_CALIBRATION_COUNT} synthetic scenes (GFLOP/s counts its int8 "
-                     "MACs like fp32 ones); a different numerical model: check its accuracy with lightseg eval --backend onnxruntime_int8.")
+                 "%peak = share of this machine's fp32 ceiling (--peak); speed-up vs eager_nchw"
+                 + ("; x plain = paired ratio to onnxruntime_plain (plain torch.onnx.export + default ONNX Runtime)" if plain else "")
+                 + ("; %roof = roofline bound / median latency" if roof else "") + ".")
+    int8 = [r for r in records if r["backend"] == "onnxruntime_int8"]
+    if int8:
+        lines.append(f"onnxruntime_int8: int8 static quantisation, mode {', '.join(sorted({str(r.get('int8_mode')) for r in int8}))}, "
+                     f"calibrated on {BENCH_CALIBRATION_COUNT} synthetic scenes (GFLOP/s counts its int8 MACs like fp32 ones); "
+                     "a different numerical model: check its accuracy with lightseg eval --backend onnxruntime_int8.")
     if zoo:
         lines.append("paper FPS: " + PAPER_HARDWARE_NOTE + "; each model runs at its paper's input size.")
+    return "\n".join(lines)
+
+
+def format_roofline(records, peak) -> str:
+    """Per model: FLOPs, minimum bytes, the two bounds, lightseg's best paths, their efficiency and ratio to plain."""
+    head = (f"{'model':22s} {'GFLOP':>7s} {'min MB':>8s} {'compute ms':>10s} {'memory ms':>9s} {'bound':>7s} "
+            f"{'best fp32 (ms, %roof, x plain)':>42s} {'best incl. int8 (ms, %roof, x plain)':>44s} {'int8 mode, rel err, argmax %':>30s}")
+    lines = [f"roofline: fp32 ceiling {peak['fp32_gflops']} GFLOP/s ({peak['best_kernel']}), copy bandwidth {peak['copy_gb_s']} GB/s",
+             head, "-" * len(head)]
+    for name in dict.fromkeys(r["model"] for r in records):
+        rs = [r for r in records if r["model"] == name]
+        r0 = next((r for r in rs if "bound_ms" in r), None)
+        if r0 is None:
+            continue
+        best = best_paths(rs)
+
+        def cell(b):
+            if not b:
+                return "-"
+            return (f"{b['backend']} {b['latency_ms_median']:.1f}, {_fmt(None if b['roofline_efficiency'] is None else 100 * b['roofline_efficiency'], '.0f')}%, "
+                    f"{_fmt(b['vs_plain'], '.2f')}x")
+
+        q = next((r for r in rs if r["backend"] == "onnxruntime_int8"), None)
+        q_cell = f"{q['int8_mode']}, {q['int8_rel_error']:.3f}, {q['int8_argmax_agreement']:.1f}" if q else "-"
+        lines.append(f"{name[:22]:22s} {r0['flops'] / 1e9:7.2f} {r0['min_bytes'] / 1e6:8.1f} {r0['bound_compute_ms']:10.1f} "
+                     f"{r0['bound_memory_ms']:9.1f} {r0['bound_ms']:7.1f} {cell(best.get('best_fp32')):>42s} {cell(best.get('best')):>44s} {q_cell:>30s}")
+    lines.append("bounds: FLOPs / fp32 ceiling and minimum bytes (weights once, each layer's inputs and outputs once) / copy "
+                 "bandwidth; %roof = bound / measured median (above 100%: activations served from cache, or int8 past "
+                 "the fp32 ceiling). int8 rel err / argmax %: against fp32 on a synthetic scene, random weights (a check "
+                 "for a broken int8 path; accuracy is lightseg eval --backend onnxruntime_int8 on real data).")
     return "\n".join(lines)
 
 
@@ -276,52 +445,58 @@ def bench_command(args) -> list:
         names += [n for n in list_models() if n not in names]
     for n in names:
         model_info(n)  # unknown names fail before anything runs
+    roofline = getattr(args, "roofline", False)
     if not names and not args.peak:
         raise LightsegError("nothing to benchmark: give --model NAME (repeatable), --all-models or --peak")
     if args.batch < 1:
         raise LightsegError(f"--batch must be >= 1, got {args.batch}")
     device = resolve_device(args.device)  # auto: CUDA, then MPS, then the CPU
     if args.backend == "all":
-        backends = list(BACKENDS) if not args.all_models else ["eager_nchw", "onnxruntime", "onnxruntime_int8"]
+        backends = [*BACKENDS, PLAIN] if not args.all_models else ["eager_nchw", "onnxruntime", "onnxruntime_int8"]
         if device.type != "cpu":
-            backends.remove("onnxruntime_int8")  # a CPU path (VNNI); Runtime refuses it on CUDA
+            backends = [b for b in backends if b not in ("onnxruntime_int8", PLAIN)]  # CPU paths
     else:
         backends = [args.backend]
-    if args.dtype != "float32" and any(b in ONNX_BACKENDS for b in backends):
+    if args.dtype != "float32" and any(b in (*ONNX_BACKENDS, PLAIN) for b in backends):
         if args.backend == "all":
-            backends = [b for b in backends if b not in ONNX_BACKENDS]
+            backends = [b for b in backends if b not in (*ONNX_BACKENDS, PLAIN)]
         else:
             raise LightsegError(f"the {args.backend} backend runs float32 only; drop --dtype or use --backend eager")
 
+    machine = machine_info()
+    if args.json:
+        _log(format_machine(machine))  # stdout holds the JSON only; every record carries the machine too
     peak = None
-    if args.peak:
-        _log("measuring this machine's peak GFLOP/s (matmul, 3x3 conv channels_last) ...")
+    if args.peak or roofline:
+        _log("measuring this machine's fp32 ceiling (oneDNN / MLAS convs, GEMM) and copy bandwidth ...")
         peak = measure_peak(device)
-        _log(f"peak: matmul {peak['matmul_gflops']} GFLOP/s, conv3x3 {peak['conv3x3_gflops']} GFLOP/s "
+        _log(f"ceiling: {peak['fp32_gflops']} GFLOP/s ({peak['best_kernel']}), copy {peak['copy_gb_s']} GB/s "
              f"({peak['threads']} threads)")
     budget = ZOO_BUDGET_S if args.all_models else 5.0
     records = []
     for name in names:
         size = tuple(args.size) if args.size else tuple(model_info(name).paper_size)
-        for backend in backends:
-            _log(f"bench {name} {backend} {args.batch}x3x{size[0]}x{size[1]} ...")
-            r = benchmark(name, size=size, batch=args.batch, device=device, backend=backend,
-                          warmup=args.warmup, runs=args.runs, dtype=args.dtype, budget_s=budget, peak=peak)
-            records.append(r)
-        base = next((r for r in records if r["model"] == name and r["backend"] == "eager_nchw"), None)
-        if base:
-            for r in records:
-                if r["model"] == name:
-                    r["speedup_vs_eager_nchw"] = _sig(base["latency_ms_median"] / r["latency_ms_median"], 3)
+        _log(f"bench {name} {args.batch}x3x{size[0]}x{size[1]}: {', '.join(backends)} ...")
+        rs = benchmark_backends(name, backends, size=size, batch=args.batch, device=device, warmup=args.warmup,
+                                runs=args.runs, dtype=args.dtype, budget_s=budget, peak=peak, roofline=roofline)
+        base = next((r for r in rs if r["backend"] == "eager_nchw"), None)
+        summary = best_paths(rs)
+        for r in rs:
+            if base:
+                r["speedup_vs_eager_nchw"] = _sig(base["latency_ms_median"] / r["latency_ms_median"], 3)
+            if PLAIN in backends and len(backends) > 1:
+                r["model_summary"] = summary
+        records += rs
     if args.json:
-        print(json.dumps(records if names else [{"peak": peak}], indent=2))
+        print(json.dumps(records if names else [{"peak": peak, "machine": machine}], indent=2))
         return records
+    print(format_machine(machine))
     if peak and not names:
         print(json.dumps(peak))
         return records
     print(format_table(records, zoo=args.all_models))
-    info = machine_info()
-    print(f"machine: {info['cpu']}, {info['torch_threads']} torch threads, torch {info['torch']}, "
-          f"onnxruntime {info.get('onnxruntime', '-')}; warm-up/runs: "
-          + ("as given" if args.warmup is not None and args.runs is not None else f"adaptive, ~{budget:.0f} s of timed runs per row (3..100 runs)"))
+    if roofline:
+        print(format_roofline(records, peak))
+    print("warm-up/runs: " + ("as given" if args.warmup is not None and args.runs is not None
+                              else f"adaptive, ~{budget:.0f} s of timed rounds per backend (3..100 rounds), backends interleaved"))
     return records
