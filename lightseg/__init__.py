@@ -8,7 +8,18 @@
 The names below are imported on first use, so that ``lightseg --help`` and ``--version`` start at once
 (PyTorch alone takes a second to import).
 """
-from .errors import LightsegError
+import os as _os
+import sys as _sys
+
+# OpenMP threads that busy-wait between parallel regions (libgomp's default) make eager PyTorch many times
+# slower when another process takes a core; sleeping at once costs a quiet machine little (docs/benchmarks.md,
+# "Shared CPUs"). It only works before torch loads OpenMP, and only when the user has not chosen.
+OMP_DEFAULTED = False
+if "torch" not in _sys.modules and "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    OMP_DEFAULTED = True
+
+from .errors import LightsegError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -188,7 +188,8 @@ def machine_info() -> dict:
 
     info = {**cpu_info().as_dict(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "onnxruntime_threads": torch.get_num_threads(),  # lightseg's ORT sessions use the same count
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "omp_wait_policy_set_by_lightseg": _omp_defaulted(),
+            "python": platform.python_version(),
             "torch": torch.__version__, "numpy": numpy.__version__}
     for lib in ("onnxruntime", "onnx"):
         try:
@@ -200,6 +201,12 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _omp_defaulted() -> bool:
+    import lightseg
+
+    return lightseg.OMP_DEFAULTED
 
 
 def format_machine(info) -> str:
@@ -330,6 +337,7 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
             record["int8_rel_error"], record["int8_argmax_agreement"] = _int8_agreement(net, runners[backend], size, batch)
         if peak:
             record["peak_fp32_gflops"] = peak["fp32_gflops"]
+            record["ceiling"] = {k: peak.get(k) for k in ("fp32_gflops", "best_kernel", "copy_gb_s")}
             record["share_of_peak"] = _sig(record["achieved_gflops"] / peak["fp32_gflops"])
         if bounds:
             record.update(bounds, roofline_efficiency=_sig(bounds["bound_ms"] / median, 3))
