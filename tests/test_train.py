@@ -76,33 +76,49 @@ def _sched(**kw):
     return IterationScheduler(opt, cfg, base_lr=0.1, max_iters=100), opt
 
 
+def _rates(s, n, start=0):
+    return [s.step(it) for it in range(start, n)]
+
+
 def test_poly_cosine_constant_by_hand():
     s, opt = _sched()
-    assert s.step(0) == pytest.approx(0.1)
-    assert s.step(50) == pytest.approx(0.1 * 0.5 ** 0.9)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
+    lrs = _rates(s, 100)
+    assert lrs[0] == 0.1 and lrs[50] == pytest.approx(0.1 * 0.5 ** 0.9, rel=1e-12)
+    assert lrs[99] == pytest.approx(0.1 * 0.01 ** 0.9, rel=1e-12)
+    assert opt.param_groups[0]["lr"] == lrs[99]
     s, _ = _sched(name="cosine", min_lr=1e-6)
-    assert s.lr_at(50) == pytest.approx(1e-6 + (0.1 - 1e-6) * 0.5)
-    assert s.lr_at(100) == pytest.approx(1e-6)
+    lrs = _rates(s, 101)
+    assert lrs[50] == pytest.approx(1e-6 + (0.1 - 1e-6) * 0.5, rel=1e-9) and lrs[100] == pytest.approx(1e-6, rel=1e-6)
     s, _ = _sched(name="constant")
-    assert s.lr_at(99) == 0.1
+    assert set(_rates(s, 100)) == {0.1}
+    with pytest.raises(ValueError, match="must follow"):
+        s.step(5)  # iterations come one after another
+    with pytest.raises(ConfigError, match="min_lr"):
+        _sched(name="poly", min_lr=1e-4)
 
 
 def test_warmup_is_linear_from_start_fraction():
     s, _ = _sched(name="constant", warmup_iters=10, warmup_start=0.1)
-    assert s.lr_at(0) == pytest.approx(0.01)
-    assert s.lr_at(5) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
-    assert s.lr_at(10) == pytest.approx(0.1)
+    lrs = _rates(s, 12)
+    assert lrs[0] == pytest.approx(0.01) and lrs[5] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))
+    assert lrs[10] == pytest.approx(0.1) and lrs[11] == pytest.approx(0.1)
+    s, _ = _sched(name="poly", warmup_iters=10, warmup_start=0.1)  # warm-up x poly over the whole run
+    assert _rates(s, 6)[5] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5) * (1 - 5 / 100) ** 0.9)
 
 
 def test_plateau_halves_after_patience_and_state_round_trip():
-    s, _ = _sched(name="plateau", plateau_patience=2)
+    s, opt = _sched(name="plateau", plateau_patience=2)
+    _rates(s, 10)
     for miou in (0.3, 0.4, 0.4, 0.39):  # improves twice, then two validations without improvement
         s.on_validation(miou)
-    assert s.lr_at(10) == pytest.approx(0.05)
-    s2, _ = _sched(name="plateau", plateau_patience=2)
+    assert s.step(10) == pytest.approx(0.05)
+    s2, opt2 = _sched(name="plateau", plateau_patience=2)
+    opt2.load_state_dict(opt.state_dict())
     s2.load_state_dict(s.state_dict())
-    assert s2.lr_at(10) == pytest.approx(0.05) and s2.best_metric == 0.4
+    assert s2.step(11) == pytest.approx(0.05) and s2.plateau.best == 0.4
+    s2.on_validation(0.39)
+    s2.on_validation(0.39)
+    assert s2.step(12) == pytest.approx(0.025)
 
 
 def test_plateau_on_the_training_loss_per_epoch_and_resume_mid_epoch():
@@ -110,23 +126,73 @@ def test_plateau_on_the_training_loss_per_epoch_and_resume_mid_epoch():
     def sched():
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
         return IterationScheduler(opt, {"name": "plateau", "plateau_patience": 2, "plateau_monitor": "train_loss"},
-                                  base_lr=0.1, max_iters=100, iters_per_epoch=2)
-    s = sched()
+                                  base_lr=0.1, max_iters=100, iters_per_epoch=2), opt
+    s, opt = sched()
     s.on_validation(0.9)  # a val mIoU is not what it watches
     losses = [2.0, 1.0, 1.0, 0.8, 0.95, 0.95, 1.0, 0.9]  # epoch means 1.5, 0.9, 0.95, 0.95
     for it, loss in enumerate(losses[:7]):
+        s.step(it)
         s.on_train_loss(it, loss)
-    assert s.lr_at(7) == pytest.approx(0.1) and s.num_bad == 1 and s.best_metric == pytest.approx(-0.9)
-    mid = s.state_dict()  # mid-epoch: one loss of the fourth epoch seen
+    assert s.step(7) == pytest.approx(0.1) and s.plateau.num_bad_epochs == 1 and s.plateau.best == pytest.approx(-0.9)
+    mid, mid_opt = s.state_dict(), opt.state_dict()  # mid-epoch: one loss of the fourth epoch seen
     s.on_train_loss(7, losses[7])
-    assert s.lr_at(8) == pytest.approx(0.05)  # two epochs without a lower mean loss
-    resumed = sched()
+    assert s.step(8) == pytest.approx(0.05)  # two epochs without a lower mean loss
+    resumed, opt2 = sched()
+    opt2.load_state_dict(mid_opt)
     resumed.load_state_dict(mid)
+    assert resumed.step(7) == pytest.approx(0.1)
     resumed.on_train_loss(7, losses[7])
-    assert resumed.state_dict() == s.state_dict()
+    assert resumed.step(8) == pytest.approx(0.05) and resumed.state_dict() == s.state_dict()
     with pytest.raises(ConfigError, match="plateau_monitor"):
         IterationScheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
                            {"name": "plateau", "plateau_monitor": "val_loss"}, 0.1, 10)
+
+
+def test_resumed_schedule_continues_bitwise():
+    """Stop after any iteration, restore optimiser and schedule state into new objects: the same rates."""
+    for kw in ({"name": "poly", "warmup_iters": 7}, {"name": "cosine", "min_lr": 1e-6}):
+        s, opt = _sched(**kw)
+        full = _rates(s, 40)
+        s, opt = _sched(**kw)
+        head = _rates(s, 17)
+        s2, opt2 = _sched(**kw)
+        opt2.load_state_dict(opt.state_dict())
+        s2.load_state_dict(s.state_dict())
+        assert head + _rates(s2, 40, start=17) == full
+
+
+def test_resume_with_a_changed_recipe_takes_the_new_schedule():
+    """More train.iters (or another lr) on --resume: the recipe's schedule at that iteration, as before."""
+    s, opt = _sched(name="poly")
+    _rates(s, 31)
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    longer = IterationScheduler(opt2, {"name": "poly", "power": 0.9}, base_lr=0.1, max_iters=200)
+    opt2.load_state_dict(opt.state_dict())
+    longer.load_state_dict(s.state_dict(), iteration=31)
+    assert longer.step(31) == pytest.approx(0.1 * (1 - 31 / 200) ** 0.9, rel=1e-12)
+    s, opt = _sched(name="plateau", plateau_patience=1)
+    _rates(s, 5)
+    s.on_validation(0.5)
+    s.on_validation(0.4)  # one bad check: halved
+    opt3 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    other_lr = IterationScheduler(opt3, {"name": "plateau", "plateau_patience": 1}, base_lr=0.02, max_iters=100)
+    opt3.load_state_dict(opt.state_dict())
+    other_lr.load_state_dict(s.state_dict(), iteration=5)
+    assert other_lr.step(5) == pytest.approx(0.01) and other_lr.plateau.best == 0.5  # new lr, the reduction kept
+
+
+def test_schedule_state_of_an_older_lightseg_is_rebuilt():
+    """Checkpoints written before torch's schedulers held a formula's state; resuming them steps the new
+    schedulers to the checkpoint's iteration (the same rates up to rounding)."""
+    s, _ = _sched(name="plateau", plateau_patience=2, warmup_iters=5, plateau_monitor="train_loss")
+    old = {"name": "plateau", "plateau_scale": 0.5, "best_metric": -0.4, "num_bad": 1,
+           "epoch_loss_sum": 1.5, "epoch_loss_count": 2}
+    s.load_state_dict(old, iteration=8)
+    assert s.step(8) == pytest.approx(0.05) and s.plateau.num_bad_epochs == 1 and s.plateau.best == -0.4
+    assert (s.epoch_loss_sum, s.epoch_loss_count) == (1.5, 2)
+    s, _ = _sched(name="poly", warmup_iters=5)
+    s.load_state_dict({"name": "poly", "plateau_scale": 1.0, "best_metric": -1e9, "num_bad": 0}, iteration=30)
+    assert s.step(30) == pytest.approx(0.1 * (1 - 30 / 100) ** 0.9, rel=1e-12)
 
 
 def test_backbone_lr_mult_groups():
@@ -138,7 +204,7 @@ def test_backbone_lr_mult_groups():
     head, body = opt.param_groups
     assert head["name"] == "head" and len(head["params"]) == 2 and body["name"] == "backbone"
     s = IterationScheduler(opt, {"name": "constant"}, base_lr=0.02, max_iters=10)
-    s.step(3)
+    _rates(s, 4)
     assert head["lr"] == pytest.approx(0.02) and body["lr"] == pytest.approx(0.002)
     assert opt.defaults["nesterov"] is True
 
@@ -189,7 +255,7 @@ def test_short_run_lowers_loss_and_writes_run_dir(tmp_path):
     assert [r["iter"] for r in val] == [8, 16] and set(val[0]["iou"]) >= {"Sky", "Car"}
     first, last = np.mean([r["loss"] for r in train[:3]]), np.mean([r["loss"] for r in train[-3:]])
     assert last < 0.8 * first, (first, last)
-    # poly schedule, logged lr of update i (1-based iter) is lr_at(i - 1)
+    # poly schedule, logged lr of update i (1-based iter) is the rate of update i - 1
     assert train[0]["lr"] == pytest.approx(5e-3)
     assert train[8]["lr"] == pytest.approx(5e-3 * (1 - 8 / 16) ** 0.9)
 

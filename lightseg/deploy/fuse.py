@@ -20,8 +20,7 @@ import warnings
 
 import torch
 import torch.nn as nn
-
-from ..models.blocks import bn_scale_shift
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -29,23 +28,23 @@ _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Module, bn: nn.Module) -> None:
-    """Fold eval-mode ``bn`` into ``conv`` in place (computed in float64, stored in the conv's dtype)."""
-    scale, shift = bn_scale_shift(bn)
+    """Fold eval-mode ``bn`` into ``conv`` in place: ``torch.nn.utils.fusion.fuse_conv_bn_weights``, given
+    float64 copies (so the fold adds no float32 rounding of its own), stored back in the conv's dtype."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn}: BatchNorm without running statistics uses batch statistics and cannot be folded")
+    transpose = isinstance(conv, nn.ConvTranspose2d)
+    if transpose and conv.groups != 1:
+        # weight (in, out/groups, kH, kW): a per-output-channel scale does not line up with its dim 1
+        raise ValueError("folding BN into a grouped ConvTranspose2d is not supported")
 
-    weight = conv.weight
-    w = weight.double()
-    if isinstance(conv, nn.ConvTranspose2d):
-        # weight is (in, out/groups, kH, kW): the output channel is dim 1.
-        if conv.groups != 1:
-            raise ValueError("folding BN into a grouped ConvTranspose2d is not supported")
-        w = w * scale.view(1, -1, *([1] * (w.dim() - 2)))
-    else:
-        w = w * scale.view(-1, *([1] * (w.dim() - 1)))
-    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    new_bias = bias * scale + shift
+    def f64(t):
+        return None if t is None else t.detach().double()
 
-    conv.weight = nn.Parameter(w.to(weight.dtype), requires_grad=weight.requires_grad)
-    conv.bias = nn.Parameter(new_bias.to(weight.dtype), requires_grad=weight.requires_grad)
+    weight, bias = fuse_conv_bn_weights(f64(conv.weight), f64(conv.bias), f64(bn.running_mean), f64(bn.running_var),
+                                        bn.eps, f64(bn.weight), f64(bn.bias), transpose=transpose)
+    dtype, grad = conv.weight.dtype, conv.weight.requires_grad
+    conv.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=grad)
+    conv.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=grad)
 
 
 def find_conv_bn_pairs(model: nn.Module, example: torch.Tensor):

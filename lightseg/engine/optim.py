@@ -1,16 +1,35 @@
-"""Optimisers with per-group learning rates and iteration-based learning-rate schedules.
+"""Optimisers with per-group learning rates, and the learning-rate schedules as torch's own schedulers.
 
-The schedule is a pure function of the iteration (plus, for ``plateau``, a factor that changes on
-validation), so resuming a run at any iteration gives the same learning rates as never stopping.
+``train.scheduler.name``:
+
+* ``poly``: ``torch.optim.lr_scheduler.PolynomialLR``, ``base * (1 - it / max_iters) ** power`` (power 0.9,
+  the DeepLab/MiniNet schedule);
+* ``cosine``: ``CosineAnnealingLR``, half a cosine from the base rate down to ``min_lr`` (ATONet: 1e-6);
+* ``constant``;
+* ``plateau``: constant, multiplied by ``plateau_factor`` (0.5: RDS-Net halves it) by ``ReduceLROnPlateau``
+  when the monitored value has not improved for ``plateau_patience`` checks. ``plateau_monitor``:
+  ``val_miou`` (checked at each validation) or ``train_loss`` (the epoch's mean training loss, checked at
+  each epoch's end: RDS-Net's "when the loss is stagnant").
+* warm-up (any of them): ``LinearLR`` over the first ``warmup_iters`` iterations, from ``warmup_start x``
+  to the full rate, multiplied with the schedule (both step every iteration: ``lr = base x warm-up x
+  schedule``, the "slow start" of ShuffleNetV2+DPC).
+
+``IterationScheduler`` drives them by iteration: ``step(it)`` sets the rates of update ``it`` and returns
+the head group's. torch's schedulers compute each rate from the previous one, so the state (the
+schedulers' and the optimiser's rates, both in the checkpoint) is what makes a resumed run take the
+rates of a run that never stopped.
 """
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
 import torch.nn as nn
+from torch.optim import lr_scheduler
 
 from ..errors import ConfigError
+
+SCHEDULES = ("poly", "cosine", "constant", "plateau")
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
@@ -45,71 +64,87 @@ def build_optimizer(model: nn.Module, opt_cfg: dict) -> torch.optim.Optimizer:
 
 
 class IterationScheduler:
-    """Sets every group's lr to ``base_lr * lr_mult * factor(iteration)`` before each step.
-
-    * ``poly``: ``(1 - it / max_iters) ** power`` (power 0.9, the DeepLab/MiniNet schedule);
-    * ``cosine``: half a cosine from the base lr down to ``min_lr`` (ATONet: 1e-6);
-    * ``constant``;
-    * ``plateau``: constant, multiplied by ``plateau_factor`` (0.5: RDS-Net halves it) when the monitored
-      value has not improved for ``plateau_patience`` checks. ``plateau_monitor``: ``val_miou`` (checked at
-      each validation) or ``train_loss`` (the epoch's mean training loss, checked at each epoch's end:
-      RDS-Net's "when the loss is stagnant").
-    * warm-up (any of them): the first ``warmup_iters`` iterations ramp linearly from
-      ``warmup_start x`` to the full rate (the "slow start" of the ShuffleNetV2+DPC recipe).
-    ``min_lr`` is a floor for poly and cosine.
-    """
+    """``step(it)`` before update ``it`` (0-based) sets every group's rate for that update and returns the
+    head group's; ``on_train_loss(it, loss)`` after it and ``on_validation(miou)`` after each validation
+    feed the plateau schedule."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, sched_cfg: dict, base_lr: float, max_iters: int,
                  iters_per_epoch: int = 1):
         self.optimizer = optimizer
         self.name = sched_cfg["name"]
-        if self.name not in ("poly", "cosine", "constant", "plateau"):
-            raise ConfigError(f"train.scheduler.name: unknown schedule {self.name!r}; use poly, cosine, constant or plateau")
+        if self.name not in SCHEDULES:
+            raise ConfigError(f"train.scheduler.name: unknown schedule {self.name!r}; use {', '.join(SCHEDULES)}")
+        self.max_iters = max(int(max_iters), 1)
         self.base_lr = float(base_lr)
-        self.max_iters = int(max_iters)
-        self.power = float(sched_cfg.get("power", 0.9))
-        self.min_lr = float(sched_cfg.get("min_lr", 0.0))
-        self.warmup_iters = int(sched_cfg.get("warmup_iters", 0))
-        self.warmup_start = float(sched_cfg.get("warmup_start", 0.1))
-        self.plateau_factor = float(sched_cfg.get("plateau_factor", 0.5))
-        self.plateau_patience = int(sched_cfg.get("plateau_patience", 3))
+        self.cfg = dict(sched_cfg)
+        min_lr = float(sched_cfg.get("min_lr", 0.0))
+        if min_lr > 0 and self.name != "cosine":
+            raise ConfigError(f"train.scheduler.min_lr={min_lr} is the floor of the cosine schedule; the {self.name} "
+                              "schedule has none: set it to 0 or use name: cosine")
         self.plateau_monitor = sched_cfg.get("plateau_monitor", "val_miou")
         if self.plateau_monitor not in ("val_miou", "train_loss"):
             raise ConfigError(f"train.scheduler.plateau_monitor: {self.plateau_monitor!r}; use val_miou or train_loss")
         self.iters_per_epoch = max(1, int(iters_per_epoch))
-        # plateau state (the only state that is not a function of the iteration): the scale, the best value
-        # seen (higher is better: the loss is stored negated), checks without improvement, and the current
-        # epoch's running loss sum and count (train_loss monitor; saved so that resuming mid-epoch is exact).
-        self.plateau_scale = 1.0
-        self.best_metric = -math.inf
-        self.num_bad = 0
-        self.epoch_loss_sum = 0.0
-        self.epoch_loss_count = 0
+        self._build()
 
-    def lr_at(self, iteration: int) -> float:
-        """The (head group's) learning rate used for the update of 0-based ``iteration``."""
-        t = min(max(iteration, 0), self.max_iters) / max(self.max_iters, 1)
-        base, floor = self.base_lr, min(self.min_lr, self.base_lr)
+    def _build(self) -> None:
+        """torch's schedulers over the optimiser, every rate starting from the recipe's."""
+        cfg, optimizer = self.cfg, self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = self.base_lr * group.get("lr_mult", 1.0)
+            group.pop("initial_lr", None)
+        per_iteration = []
+        warmup = int(cfg.get("warmup_iters", 0))
+        if warmup > 0:
+            per_iteration.append(lr_scheduler.LinearLR(optimizer, start_factor=float(cfg.get("warmup_start", 0.1)),
+                                                       end_factor=1.0, total_iters=warmup))
         if self.name == "poly":
-            lr = floor + (base - floor) * (1.0 - t) ** self.power
+            per_iteration.append(lr_scheduler.PolynomialLR(optimizer, total_iters=self.max_iters,
+                                                           power=float(cfg.get("power", 0.9))))
         elif self.name == "cosine":
-            lr = floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-        elif self.name == "plateau":
-            lr = base * self.plateau_scale
-        else:
-            lr = base
-        if self.warmup_iters > 0 and iteration < self.warmup_iters:
-            lr *= self.warmup_start + (1.0 - self.warmup_start) * iteration / self.warmup_iters
-        return lr
+            per_iteration.append(lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=self.max_iters, eta_min=min(float(cfg.get("min_lr", 0.0)), self.base_lr)))
+        self.per_iteration = per_iteration
+        # Higher is better (the loss is fed negated). ReduceLROnPlateau acts after `patience` bad checks
+        # *plus one*; ours after `plateau_patience`.
+        self.plateau = lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=float(cfg.get("plateau_factor", 0.5)),
+            patience=max(int(cfg.get("plateau_patience", 3)) - 1, 0), threshold=1e-6, threshold_mode="abs",
+            eps=0.0) if self.name == "plateau" else None
+        self.iteration = 0  # the update whose rates the optimiser holds
+        self.plateau_scale = 1.0  # the product of the plateau's reductions so far
+        # the current epoch's running training loss (train_loss monitor; saved so that resuming mid-epoch is exact)
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
 
     def step(self, iteration: int) -> float:
-        lr = self.lr_at(iteration)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-        return lr
+        """Set the rates of update ``iteration``; iterations come one after another (from 0, or from the
+        iteration a resumed state left off at)."""
+        iteration = int(iteration)
+        if iteration < self.iteration or iteration > self.iteration + 1:
+            raise ValueError(f"the schedule is at iteration {self.iteration}; step({iteration}) must follow it")
+        if iteration == self.iteration + 1:
+            for s in self.per_iteration:
+                s.step()
+            self.iteration = iteration
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _plateau_check(self, metric: float) -> None:
+        if self.plateau is not None:
+            before = self.optimizer.param_groups[0]["lr"]
+            self.plateau.step(float(metric))
+            if self.optimizer.param_groups[0]["lr"] < before:
+                self.plateau_scale *= self.plateau.factor
+
+    def signature(self) -> dict:
+        """What defines the rates; a resumed run whose recipe changed it (e.g. more train.iters, another
+        lr) gets the new schedule's rates at its iteration, as the recipe now says."""
+        keys = ("warmup_iters", "warmup_start", "power", "min_lr", "plateau_factor", "plateau_patience", "plateau_monitor")
+        return {"name": self.name, "base_lr": self.base_lr, "max_iters": self.max_iters,
+                "lr_mults": [float(g.get("lr_mult", 1.0)) for g in self.optimizer.param_groups],
+                **{k: self.cfg.get(k) for k in keys}}
 
     def on_validation(self, metric: float) -> None:
-        """A validation mIoU (plateau bookkeeping when it is the monitored value)."""
+        """A validation mIoU (the plateau's value when it monitors ``val_miou``)."""
         if self.plateau_monitor == "val_miou":
             self._plateau_check(metric)
 
@@ -125,25 +160,44 @@ class IterationScheduler:
             self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
             self._plateau_check(-mean)
 
-    def _plateau_check(self, metric: float) -> None:
-        """Plateau bookkeeping (every schedule keeps it; only ``plateau`` acts on it). Higher is better."""
-        if metric > self.best_metric + 1e-6:
-            self.best_metric = float(metric)
-            self.num_bad = 0
-            return
-        self.num_bad += 1
-        if self.name == "plateau" and self.num_bad >= self.plateau_patience:
-            self.plateau_scale *= self.plateau_factor
-            self.num_bad = 0
-
     def state_dict(self) -> dict:
-        return {"name": self.name, "plateau_scale": float(self.plateau_scale),
-                "best_metric": float(self.best_metric), "num_bad": int(self.num_bad),
+        return {"name": self.name, "iteration": self.iteration, "signature": self.signature(),
+                "per_iteration": [s.state_dict() for s in self.per_iteration],
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+                "plateau_scale": float(self.plateau_scale),
                 "epoch_loss_sum": float(self.epoch_loss_sum), "epoch_loss_count": int(self.epoch_loss_count)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.plateau_scale = float(state["plateau_scale"])
-        self.best_metric = float(state["best_metric"])
-        self.num_bad = int(state["num_bad"])
+    def load_state_dict(self, state: dict, iteration: int | None = None) -> None:
+        """Restore a state (the optimiser's rates are restored with the optimiser): exactly, when the
+        schedule is the one that wrote it. Otherwise (the recipe changed on resume, or a checkpoint of a
+        lightseg before torch's schedulers, which held a formula's state) the schedulers are stepped to
+        ``iteration``, the checkpoint's, and the plateau's reductions applied: the recipe's rates now,
+        up to rounding."""
+        if state.get("signature") == self.signature():
+            self.iteration = int(state["iteration"])
+            for s, sd in zip(self.per_iteration, state["per_iteration"]):
+                s.load_state_dict(sd)
+            if self.plateau is not None:
+                self.plateau.load_state_dict(state["plateau"])
+            self.plateau_scale = float(state.get("plateau_scale", 1.0))
+        else:
+            if iteration is None:
+                raise ValueError("a schedule state written by another schedule needs the checkpoint's iteration")
+            self._build()
+            with warnings.catch_warnings():  # stepping without optimiser steps is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(max(int(iteration) - 1, 0)):
+                    for s in self.per_iteration:
+                        s.step()
+            self.iteration = max(int(iteration) - 1, 0)
+            saved_plateau = state.get("plateau") or {}
+            best = saved_plateau.get("best", state.get("best_metric"))
+            num_bad = saved_plateau.get("num_bad_epochs", state.get("num_bad", 0))
+            scale = float(state.get("plateau_scale", 1.0)) if self.plateau is not None else 1.0
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
+            self.plateau_scale = scale
+            if self.plateau is not None and best is not None:
+                self.plateau.best, self.plateau.num_bad_epochs = float(best), int(num_bad)
         self.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
         self.epoch_loss_count = int(state.get("epoch_loss_count", 0))

@@ -368,8 +368,8 @@ class Trainer:
                                   f"{want_opt!r}; its optimizer state cannot be resumed by another optimiser. Resume with "
                                   f"--set train.optimizer.name={saved_opt}, or start a new run")
         # The recipe's hyper-parameters (momentum, weight decay, betas) win over the saved ones, so that
-        # --set overrides apply on resume; the lr is set by the schedule every iteration anyway.
-        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        # --set overrides apply on resume; not the rate: torch's schedulers continue from the saved one.
+        fresh = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             for group, hyper in zip(self.optimizer.param_groups, fresh):
@@ -377,7 +377,7 @@ class Trainer:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{self.resume_ckpt}: optimizer state does not fit train.optimizer={self.cfg['train']['optimizer']['name']!r} "
                                   f"({e}); resume with the same optimiser settings") from e
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scheduler.load_state_dict(ckpt["scheduler"], iteration=int(ckpt["iteration"]))
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if "rng" in ckpt:
