@@ -13,14 +13,18 @@ without running it.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .errors import CheckpointError
+from .outputs import WRITE_ERRNOS, write_error
 
 FORMAT_VERSION = 1
 
@@ -43,12 +47,17 @@ def new_file_mode() -> int:
 def atomic_write_bytes(path, write_fn) -> Path:
     """Call ``write_fn(fileobj)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never half a file. The file gets the
-    permissions of a newly created one (:func:`new_file_mode`).
+    A crash at any moment leaves either the old file or the new one, never half a file (a kill -9
+    can leave the temporary ``.<name>.*.tmp``: see :func:`remove_stale_temp_files`). A full disk or a
+    read-only folder raises ``OutputError`` naming the path; the old file stays as it was. The file gets
+    the permissions of a newly created one (:func:`new_file_mode`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(e, path) from e
     try:
         os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -64,32 +73,128 @@ def atomic_write_bytes(path, write_fn) -> Path:
                 os.close(dfd)
         except OSError:
             pass
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            kept = f"{path.name} was not changed" if path.exists() else ""
+            raise write_error(e, path, kept) from e
         raise
     return path
 
 
+def remove_stale_temp_files(folder, names) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that a process killed during :func:`atomic_write_bytes` left in
+    ``folder`` for each of ``names``. Only call it while no other process writes those names there."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for name in names:
+            for tmp in folder.glob(f".{name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
+
+
+def non_finite_tensor(tensors) -> str | None:
+    """The name of the first floating-point tensor of a ``{name: tensor}`` dict (nested dicts/lists
+    searched too) holding NaN or infinity, or None."""
+    stack = [("", tensors)]
+    while stack:
+        prefix, obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+                return prefix or "tensor"
+        elif isinstance(obj, dict):
+            stack.extend((f"{prefix}.{k}" if prefix else str(k), v) for k, v in reversed(list(obj.items())))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((f"{prefix}[{i}]", v) for i, v in reversed(list(enumerate(obj))))
+    return None
+
+
 def save_checkpoint(state: dict, path) -> Path:
-    """Atomically save ``state`` (must hold ``model``); adds ``format_version``."""
+    """Atomically save ``state`` (must hold ``model``); adds ``format_version``.
+
+    Refuses a model with NaN/inf weights (a diverged run): such a file must never replace a good one.
+    The file is serialised in memory first, so that a full disk is reported as such (torch's own
+    writer turns it into an obscure 'unexpected pos' error).
+    """
     if "model" not in state:
         raise ValueError("a checkpoint needs a 'model' state dict")
+    bad = non_finite_tensor(state["model"])
+    if bad is not None:
+        raise CheckpointError(f"not saving {path}: weight {bad!r} holds NaN or infinite values (the training diverged)")
     state = {"format_version": FORMAT_VERSION, **state}
-    return atomic_write_bytes(path, lambda f: torch.save(state, f))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    return atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint, judged from its bytes (None: it may be one)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        if not zipfile.is_zipfile(path):
+            return ("is truncated (the zip archive written by torch.save has no end record: an incomplete copy "
+                    "or download); copy it again, or use another checkpoint")
+        return None
+    if head[:1] == b"\x80":  # the legacy (pickle) format
+        return None
+    # ONNX: a protobuf ModelProto, field 1 (ir_version) first, then the producer ("pytorch", ...)
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"\x12" in head[:4]):
+        return ("is an ONNX model, not a PyTorch checkpoint; run it with --backend onnxruntime "
+                "(lightseg predict --checkpoint model.onnx --backend onnxruntime), or pass the .pt it was exported from")
+    if not head:
+        return "is empty; pass a .pt file written by lightseg train or torch.save"
+    return (f"is not a PyTorch checkpoint (it starts with bytes {head[:4]!r}, not a torch.save archive); "
+            "pass a .pt file written by lightseg train or torch.save")
+
+
+def _check_metadata(obj: dict, path: Path) -> None:
+    """The keys lightseg reads from a checkpoint have the types it expects (a malformed file is named, not a traceback)."""
+    state = obj["model"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: 'model' is a {type(state).__name__} of other things, not a state dict "
+                              f"(parameter names -> tensors); re-save it with torch.save(model.state_dict(), path)")
+    expected = {"model_name": (str,), "num_classes": (int,), "config": (dict,), "classes": (list, tuple),
+                "palette": (list, tuple), "iteration": (int,), "best_miou": (int, float)}
+    for key, types in expected.items():
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            want = " or ".join(t.__name__ for t in types)
+            raise CheckpointError(f"{path}: metadata {key!r} is {value!r} ({type(value).__name__}), expected {want}; "
+                                  f"the file was not written by lightseg train: fix or drop that key")
+    n = obj.get("num_classes")
+    if n is not None and n < 1:
+        raise CheckpointError(f"{path}: metadata 'num_classes' is {n}, expected a positive integer")
+    if obj.get("classes") is not None and not all(isinstance(c, str) for c in obj["classes"]):
+        raise CheckpointError(f"{path}: metadata 'classes' must be a list of class names (strings)")
+    palette = obj.get("palette")
+    if palette is not None and not all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) for v in c)
+                                       for c in palette):
+        raise CheckpointError(f"{path}: metadata 'palette' must be a list of [R, G, B] integer triples")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a lightseg checkpoint with ``weights_only=True``.
 
     A plain state dict (e.g. saved with ``torch.save(model.state_dict())``) is accepted and wrapped
-    as ``{"model": state_dict}``.
+    as ``{"model": state_dict}``; the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes
+    are stripped. Refused with a ``CheckpointError`` naming the file: anything that needs arbitrary
+    unpickling, a file that is not a torch checkpoint (ONNX, truncated, other), malformed metadata
+    and weights holding NaN/inf.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} not found; pass the path of a .pt file written by `lightseg train`")
+    why = _not_a_checkpoint(path)
+    if why:
+        raise CheckpointError(f"{path} {why}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - the unpickler refuses anything but tensors and plain types
@@ -106,18 +211,32 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         else:
             raise CheckpointError(f"{path}: no 'model' key; keys are {sorted(map(str, obj))[:10]}")
     version = obj.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: metadata 'format_version' is {version!r}, expected an integer")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version} is newer than this lightseg understands ({FORMAT_VERSION}); upgrade lightseg")
+    _check_metadata(obj, path)
+    obj["model"] = strip_wrapper_prefixes(obj["model"])
+    bad = non_finite_tensor(obj["model"])
+    if bad is not None:
+        raise CheckpointError(f"{path}: weight {bad!r} holds NaN or infinite values: the training that wrote it diverged. "
+                              f"Use an earlier checkpoint (best.pt, or a last.pt saved before it diverged) or train again "
+                              f"with a lower train.optimizer.lr")
     return obj
+
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    """Drop the ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefix that wrappers add to every key."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def load_model_weights(model: nn.Module, checkpoint, path_for_errors="checkpoint") -> None:
     """Load ``checkpoint['model']`` into ``model`` strictly; mismatches name the keys and shapes."""
     state = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
-    # DDP / torch.compile wrappers add prefixes: strip them so checkpoints stay portable.
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = strip_wrapper_prefixes(state)  # DDP / torch.compile wrappers: checkpoints stay portable
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
