@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import io
+import math
 from pathlib import Path
 
 import yaml
@@ -135,18 +136,19 @@ def _all_paths(tree: dict, prefix="") -> list[str]:
 
 def _suggest(path: str, siblings) -> str:
     """' Did you mean ...?' for a wrong dotted key: the same name elsewhere ('train.lr' ->
-    'train.optimizer.lr'), else a close sibling, else any close full path."""
+    'train.optimizer.lr'), else the key whose last part is closest ('train.lrr' -> 'train.optimizer.lr',
+    a sibling winning ties). Comparing whole dotted paths instead suggests keys that only share the
+    prefix ('train.lrr' -> 'train.loss'), so it is not done."""
     leaf = path.rsplit(".", 1)[-1]
     every = _all_paths(DEFAULTS)
     same_leaf = [p for p in every if p.rsplit(".", 1)[-1] == leaf]
     if same_leaf:
         return f" Did you mean {same_leaf[0]!r}?"
-    close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1, cutoff=0.6)
-    if close:
-        parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
-        return f" Did you mean {parent + close[0]!r}?"
-    close = difflib.get_close_matches(path, every, n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    candidates = [parent + str(s) for s in siblings] + every
+    scored = [(difflib.SequenceMatcher(None, leaf, c.rsplit(".", 1)[-1]).ratio(), -i, c) for i, c in enumerate(candidates)]
+    best = max(scored, default=None)
+    return f" Did you mean {best[2]!r}?" if best and best[0] >= 0.6 else ""
 
 
 def deep_merge(base: dict, update: dict, source=None, prefix="", schema=None) -> dict:
@@ -231,11 +233,18 @@ def _type_name(v) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def validate(cfg: dict, source=None) -> dict:
-    """Type and value sanity; raises ConfigError naming the key, the value and what is expected."""
+def validate(cfg: dict, source=None, origins=None) -> dict:
+    """Type and value sanity; raises ConfigError naming the key, the value, where it was set
+    (``origins``: dotted key -> '--set ...'; else ``source``) and what is expected."""
+
+    def where(path):
+        for key, origin in (origins or {}).items():
+            if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+                return origin
+        return source
 
     def fail(path, value, expected):
-        raise ConfigError(f"{path}{_where(source)}: got {value!r} ({_type_name(value)}); expected {expected}")
+        raise ConfigError(f"{path}{_where(where(path))}: got {value!r} ({_type_name(value)}); expected {expected}")
 
     def walk(tree, schema, prefix):
         for key, default in schema.items():
@@ -271,6 +280,8 @@ def validate(cfg: dict, source=None) -> dict:
             elif isinstance(default, (int, float)) or path in POSITIVE_INTS or path in NON_NEGATIVE_NUMBERS:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     fail(path, value, "a number")
+                if not math.isfinite(value):
+                    fail(path, value, "a finite number")
                 wants_int = path in POSITIVE_INTS or (isinstance(default, int) and not isinstance(default, float))
                 if wants_int and not isinstance(value, int):
                     fail(path, value, "an integer")
@@ -291,15 +302,21 @@ def validate(cfg: dict, source=None) -> dict:
         raise ConfigError(f"train.iters / train.epochs{_where(source)}: set exactly one of them "
                           f"(got iters={t['iters']!r}, epochs={t['epochs']!r}); the other must be null")
     scale = cfg["data"]["train_transforms"].get("scale")
-    if scale is not None and not (isinstance(scale, list) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
+    if scale is not None and not (isinstance(scale, list) and len(scale) == 2
+                                  and all(isinstance(v, (int, float)) and math.isfinite(v) for v in scale)
+                                  and 0 < scale[0] <= scale[1]):
         fail("data.train_transforms.scale", scale, "null or [min, max] with 0 < min <= max")
-    if not cfg["eval"]["scales"] or not all(isinstance(s, (int, float)) and s > 0 for s in cfg["eval"]["scales"]):
+    if not cfg["eval"]["scales"] or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
+                                            for s in cfg["eval"]["scales"]):
         fail("eval.scales", cfg["eval"]["scales"], "a non-empty list of positive numbers, e.g. [1.0]")
+    if not t["optimizer"]["lr"] > 0:
+        fail("train.optimizer.lr", t["optimizer"]["lr"], "a learning rate > 0")
     betas = t["optimizer"]["betas"]
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):  # NaN fails 0 <= b
         fail("train.optimizer.betas", betas, "[beta1, beta2] with 0 <= beta < 1")
     aux = t["loss"]["aux_weights"]
-    if aux is not None and not (isinstance(aux, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in aux)):
+    if aux is not None and not (isinstance(aux, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                              and math.isfinite(w) for w in aux)):
         fail("train.loss.aux_weights", aux, "null or a list of numbers, one per auxiliary output of the model")
     device = t["device"]
     if not (device in ("auto", "cpu", "cuda") or str(device).startswith("cuda:")):
@@ -336,27 +353,44 @@ def resolve_recipe(name_or_path) -> Path:
                       f"Shipped recipes: {', '.join(names) or 'none'}")
 
 
-def load_config(path, overrides=()) -> dict:
-    """Read the recipe at ``path`` (a YAML file or a shipped recipe's name), merge it over DEFAULTS,
-    apply ``overrides`` ('a.b=c'), validate."""
-    path = resolve_recipe(path)
+def _read_recipe(path: Path) -> dict:
     try:
-        recipe = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "save the recipe as UTF-8") from None
+    try:
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+
+
+def load_config(path, overrides=(), recipe=None) -> dict:
+    """Read the recipe at ``path`` (a YAML file or a shipped recipe's name), merge it over DEFAULTS,
+    apply ``overrides`` ('a.b=c'), validate.
+
+    ``recipe``: the recipe as a dict already read (e.g. the config saved in a checkpoint); ``path``
+    then only names it in messages.
+    """
+    if recipe is None:
+        path = resolve_recipe(path)
+        recipe = _read_recipe(path)
+    path = Path(path)
     recipe = _fix_float_strings(recipe)
     cfg = deep_merge(DEFAULTS, recipe, source=str(path))
     _apply_iters_or_epochs(cfg, recipe)
+    origins = {}  # dotted key -> the --set that gave it, so that a bad value blames the --set, not the file
     for text in overrides or ():
         key, value = parse_override(text)
         cfg = _set_path(cfg, key, value, source=f"--set {text}")
+        origins[key] = f"--set {text}"
         layer: dict = value
         for k in reversed(key.split(".")):
             layer = {k: layer}
         _apply_iters_or_epochs(cfg, layer)
     if cfg.get("output_dir") is None:
         cfg["output_dir"] = str(Path("runs") / path.stem)
-    return validate(cfg, source=str(path))
+    return validate(cfg, source=str(path), origins=origins)
 
 
 def dump_config(cfg: dict) -> str:

@@ -19,7 +19,7 @@ import random
 import numpy as np
 
 from ..errors import ConfigError, DataError, LightsegError
-from .base import NORMALIZATIONS, SegmentationDataset, image_size, read_image, read_label
+from .base import NORMALIZATIONS, SegmentationDataset, check_file_complete, image_size, read_image, read_label
 from .camvid import CamVid, CamVid32
 from .cityscapes import Cityscapes
 from .classes import IGNORE_INDEX
@@ -149,8 +149,34 @@ def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> 
     return problems
 
 
+def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) -> list[tuple[int, str]]:
+    """``(index, problem)`` for each sample that cannot be evaluated, found cheaply (file headers and the
+    last bytes, no decoding): a missing, empty, truncated or unreadable image or label, an image and
+    label of different sizes, an image the models cannot take (under ``MIN_SIZE`` at some scale, unless
+    ``eval_size`` resizes it). Label values are only checked when a sample is loaded."""
+    from ..models.base import MIN_SIZE
+
+    problems = []
+    for i, (img_path, lbl_path) in enumerate(dataset.files):
+        try:
+            for p in (img_path, lbl_path):
+                check_file_complete(p)
+            (h, w), (lh, lw) = image_size(img_path), image_size(lbl_path)
+            if (h, w) != (lh, lw):
+                raise DataError(f"image {img_path} is {h}x{w} but its label {lbl_path} is {lh}x{lw} (HxW); "
+                                "they must be the same size")
+            base = tuple(eval_size) if eval_size else (h, w)
+            small = [s for s in scales if min(round(base[0] * s), round(base[1] * s)) < MIN_SIZE]
+            if small:
+                raise DataError(f"{img_path}: {h}x{w} is under the models' minimum input of {MIN_SIZE}x{MIN_SIZE} "
+                                f"(at eval scale {small[0]}); remove it, or set data.eval_size: [H, W] to resize inputs")
+        except LightsegError as e:
+            problems.append((i, str(e)))
+    return problems
+
+
 __all__ = [
     "DEFAULT_DATA_CFG", "DATASETS", "IGNORE_INDEX", "build_dataset", "merged_data_cfg", "resolve_split",
-    "worker_init_fn", "validate_dataset", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
+    "worker_init_fn", "validate_dataset", "scan_samples", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
     "FolderDataset", "read_image", "read_label", "DataError",
 ]

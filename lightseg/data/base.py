@@ -35,15 +35,55 @@ def _read_bytes(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read ({e.strerror}); check the file's permissions") from None
 
 
+def _looks_truncated(head: bytes, tail: bytes) -> bool:
+    """Cheap test on the first 4 and last 64 bytes: a JPEG should end with its EOI marker, a PNG with IEND."""
+    tail = tail.rstrip(b"\x00\r\n ")
+    return (head[:2] == b"\xff\xd8" and not tail.endswith(b"\xff\xd9")) or (head == b"\x89PNG" and b"IEND" not in tail)
+
+
+def _decodes_to_the_end(data: bytes) -> bool:
+    """Pillow decodes the whole image without running out of data, and the end marker is there. True for
+    a complete image followed by extra bytes (phone cameras append trailers after the JPEG's EOI)."""
+    import io
+
+    from PIL import Image
+
+    end_marker = b"IEND" if data[:4] == b"\x89PNG" else b"\xff\xd9"
+    if end_marker not in data:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for damaged data
+        return False
+    return True
+
+
 def _check_complete(data: np.ndarray, path: Path) -> None:
     """OpenCV decodes a truncated JPEG without error (grey bottom rows), so check the end marker."""
-    head = data[:4].tobytes()
-    tail = data[-64:].tobytes().rstrip(b"\x00\r\n ")
-    truncated = (head[:2] == b"\xff\xd8" and not tail.endswith(b"\xff\xd9")) or (
-        head == b"\x89PNG" and b"IEND" not in tail)
-    if truncated:
+    if _looks_truncated(data[:4].tobytes(), data[-64:].tobytes()) and not _decodes_to_the_end(data.tobytes()):
         raise DataError(f"{path}: image file is truncated (incomplete download or copy); "
                         "re-copy it or remove it from the dataset")
+
+
+def check_file_complete(path) -> None:
+    """:func:`_check_complete` reading only the file's first and last bytes (the whole file only when
+    those look wrong): cheap enough to run over a whole split before training."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the dataset root and list file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the file's permissions") from None
+    if size == 0:
+        raise DataError(f"{path}: file is empty; re-copy it or remove it from the dataset")
+    if _looks_truncated(head, tail):
+        _check_complete(_read_bytes(path), path)
 
 
 def read_image(path) -> np.ndarray:
@@ -104,16 +144,46 @@ def image_size(path) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read the image header ({e}); re-copy it or remove it") from None
 
 
+def _listed_path(text: str, utf8: bool, resolve) -> Path:
+    """A list file's path. A list that is not UTF-8 (latin-1, cp1252...) is read as raw file-name bytes
+    (surrogateescape: what the file system holds when the files were named in that encoding too); when
+    no such file exists, the bytes are read as latin-1 (files named in UTF-8 by the unpacking tool)."""
+    path = resolve(text)
+    if not utf8 and not path.exists():
+        latin = resolve(text.encode("utf-8", "surrogateescape").decode("latin-1"))
+        if latin.exists():
+            return latin
+    return path
+
+
 def read_pair_list(list_file: Path, resolve) -> list[tuple[Path, Path]]:
-    """Parse a list file of ``image_path label_path`` lines (blank lines skipped); ``resolve(str) -> Path``."""
+    """Parse a list file of ``image_path label_path`` lines (blank lines skipped); ``resolve(str) -> Path``.
+
+    A path that contains spaces is written in double quotes: ``"images/a b.png" "labels/a b.png"``.
+    """
+    import shlex
+
+    data = Path(list_file).read_bytes()
+    try:
+        text, utf8 = data.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, utf8 = data.decode("utf-8", errors="surrogateescape"), False
     files = []
-    for n, line in enumerate(Path(list_file).read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
+        if len(parts) != 2 and ('"' in line or "'" in line):
+            try:
+                parts = shlex.split(line)
+            except ValueError:
+                pass
         if len(parts) != 2:
-            raise DataError(f"{list_file}:{n}: expected 'image_path label_path', got {line!r}")
-        files.append((resolve(parts[0]), resolve(parts[1])))
+            hint = (" A path with spaces must be in double quotes: \"images/a b.png\" \"labels/a b.png\"."
+                    if len(parts) > 2 else "")
+            raise DataError(f"{list_file}:{n}: expected 'image_path label_path' (two paths separated by a space), "
+                            f"got {len(parts)} field(s) in {line!r}.{hint}")
+        files.append((_listed_path(parts[0], utf8, resolve), _listed_path(parts[1], utf8, resolve)))
     return files
 
 
