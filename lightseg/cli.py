@@ -24,6 +24,33 @@ def _size(values):
     return (int(values[0]), int(values[1])) if values else None
 
 
+def _min_size() -> int:
+    from .models.base import MIN_SIZE  # imported late: `lightseg --help` need not load torch
+
+    return MIN_SIZE
+
+
+def _checked(cast, ok, expected):
+    """An argparse ``type``: ``cast(text)`` that must satisfy ``ok``; the error names the value and ``expected``."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if cast is int else 'a number'}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {expected() if callable(expected) else expected}")
+        return value
+
+    return parse
+
+
+_side = _checked(int, lambda v: v >= _min_size(), lambda: f"a size of at least {_min_size()}, the smallest input lightseg models take")
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer (1 or more)")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+_share = _checked(float, lambda v: 0 <= v <= 1, "a share between 0 and 1 (0.1 = 10%)")
+
+
 # ---------------------------------------------------------------- verbs
 def cmd_models(args):
     if args.paper is not None:
@@ -51,7 +78,8 @@ def cmd_train(args):
         overrides.append("train.val_interval=0")
     if args.tensorboard:
         overrides.append("train.tensorboard=true")
-    train(args.config, overrides=overrides, resume=args.resume, skip_bad=args.skip_bad)
+    train(args.config, overrides=overrides, resume=args.resume, skip_bad=args.skip_bad, force_override=args.force_override,
+          max_bad=args.max_bad)
 
 
 def cmd_eval(args):
@@ -138,7 +166,7 @@ def _add_calibration_args(s):
     s.add_argument("--calib", default=None, metavar="DIR",
                    help="int8 only: a folder of images like those the model will see, to calibrate the int8 ranges "
                         "(default: the synthetic street scenes, fine for timing, not for accuracy)")
-    s.add_argument("--calib-count", type=int, default=None, metavar="N", help="int8 only: calibration images used (default 8)")
+    s.add_argument("--calib-count", type=_positive_int, default=None, metavar="N", help="int8 only: calibration images used (default 8)")
 
 
 def _add_int8_mode_arg(s):
@@ -165,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("models", help="list registered models with params, MACs and shipped weights")
-    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size for MACs (default: each paper's size)")
+    s.add_argument("--size", nargs=2, type=_side, metavar=("H", "W"), help="input size for MACs (default: each paper's size)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--paper", nargs="?", const="", default=None, metavar="NAME",
                    help="every row of the papers' complexity tables (or of paper NAME: mininet, atonet, dual_aspp, "
@@ -173,16 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("train", help="train from a recipe (a name such as mininet_211k_camvid, or a YAML path)")
-    s.add_argument("config", metavar="RECIPE", help="a recipe name such as mininet_211k_camvid (an unknown name lists them) or a YAML file")
+    s.add_argument("config", metavar="RECIPE", nargs="?", default=None,
+                   help="a recipe name such as mininet_211k_camvid (an unknown name lists them) or a YAML file; "
+                        "optional with --resume RUN_DIR, which continues with the run's own saved config")
     _add_set(s)
     s.add_argument("--data-root", default=None, metavar="DIR", help="the dataset folder (same as --set data.root=DIR)")
     s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_DIR|CKPT",
                    help="continue a run (no value: the run directory of this recipe)")
+    s.add_argument("--force-override", action="store_true",
+                   help="with --resume: accept --set/recipe changes that break exact resume (batch size, seed, schedule, data...)")
     s.add_argument("--no-val", action="store_true",
                    help="train without validation (same as --set train.val_interval=0): no best.pt is written")
     s.add_argument("--tensorboard", action="store_true",
                    help="also log to TensorBoard event files in RUN_DIR/tensorboard (needs pip install 'lightseg[tensorboard]')")
     s.add_argument("--skip-bad", action="store_true", help="skip and log unreadable/inconsistent samples instead of stopping")
+    s.add_argument("--max-bad", type=_share, default=0.1, metavar="SHARE",
+                   help="with --skip-bad: stop when more than this share of a split's samples is bad (default 0.1)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint: confusion matrix, per-class IoU, mIoU")
@@ -194,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None, metavar="DIR", help="the dataset folder (same as --set data.root=DIR)")
     _add_set(s)
     s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
-    s.add_argument("--scales", nargs="+", type=float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
+    s.add_argument("--scales", nargs="+", type=_positive_float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     _add_window_args(s, None, "the recipe's eval.mode, whole unless set")
     s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
                    help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX: see lightseg bench)")
@@ -218,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="params, MACs, latency and FPS on this machine")
     s.add_argument("--model", action="append", default=None, help="model name (repeatable)")
     s.add_argument("--all-models", action="store_true", help="every registered model at its paper's resolution")
-    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the paper's)")
-    s.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    s.add_argument("--size", nargs=2, type=_side, metavar=("H", "W"), help="input size (default: the paper's)")
+    s.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
     _add_device(s)
     s.add_argument("--backend", default="eager",
                    choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "onnxruntime_plain", "all"],
@@ -230,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="eager backends: the arithmetic type (float16 is for CUDA)")
     s.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
-    s.add_argument("--runs", type=int, default=None, help="timed calls (default: as many as fit the time budget, 3..100)")
+    s.add_argument("--runs", type=_positive_int, default=None, help="timed calls (default: as many as fit the time budget, 3..100)")
     s.add_argument("--peak", action="store_true", help="measure this machine's fp32 ceiling (fastest conv/GEMM kernel) and copy bandwidth")
     s.add_argument("--roofline", action="store_true",
                    help="per model: FLOPs, minimum bytes, the compute and memory bounds, and each backend's efficiency")
@@ -241,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model name (optional with a lightseg checkpoint, which names it)")
     s.add_argument("--checkpoint", default=None, metavar="CKPT", help="trained weights (default: random weights)")
     s.add_argument("--weights", default=None, metavar="NAME", help="instead of --checkpoint: weights shipped with lightseg")
-    s.add_argument("--num-classes", type=int, default=None, help="classes of an untrained model (default 19)")
-    s.add_argument("--size", nargs=2, type=int, required=True, metavar=("H", "W"), help="the input size to export for")
+    s.add_argument("--num-classes", type=_positive_int, default=None, help="classes of an untrained model (default 19)")
+    s.add_argument("--size", nargs=2, type=_side, required=True, metavar=("H", "W"), help="the input size to export for")
     s.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     s.add_argument("--int8", action="store_true", help="quantise to int8 (static, calibrated; CPU deployment)")
     _add_device(s, "the parity check")
@@ -262,11 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
                    help="what runs the model: PyTorch, fp32 ONNX Runtime or int8 ONNX Runtime (CPU)")
     _add_device(s)
-    s.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
-    s.add_argument("--batch", type=int, default=1, help="images per model call (same-size images; default 1)")
+    s.add_argument("--size", nargs=2, type=_side, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
+    s.add_argument("--batch", type=_positive_int, default=1, help="images per model call (same-size images; default 1)")
     _add_window_args(s, "whole", "whole")
     s.add_argument("--show", action="store_true", help="video/camera/stream: also show the overlay in a window (q quits)")
-    s.add_argument("--max-frames", type=int, default=None, metavar="N", help="video/camera/stream: stop after N frames")
+    s.add_argument("--max-frames", type=_positive_int, default=None, metavar="N", help="video/camera/stream: stop after N frames")
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
     s.set_defaults(func=cmd_predict)
@@ -287,6 +321,16 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"lightseg {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:
+        # A write the command's own checks did not foresee (a disk that filled up, a folder made read-only
+        # meanwhile): the operating system's reason and the path, not a traceback.
+        from .outputs import WRITE_ERRNOS
+
+        if args.debug or e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"lightseg {args.command}: error: {e.strerror}: {e.filename or 'an output file'}; free space or "
+              f"choose a writable location", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"lightseg {args.command}: interrupted", file=sys.stderr)

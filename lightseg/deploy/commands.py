@@ -6,6 +6,7 @@ verbs (this module, predict, bench).
 from __future__ import annotations
 
 from ..errors import LightsegError
+from ..outputs import check_output_file
 from .export import PARITY_MAX_ABS, PARITY_MIN_AGREEMENT, export_onnx
 from .runtime import checkpoint_normalization, load_model
 
@@ -15,6 +16,7 @@ def export_command(args) -> dict:
     int8_mode = getattr(args, "int8_mode", None)
     if not args.int8 and (args.calib or args.calib_count or int8_mode not in (None, "auto")):
         raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; add --int8 or drop them")
+    check_output_file(args.output, "-o/--output", example="model.onnx")  # before the export's work
     device = getattr(args, "device", "auto")
     weights = getattr(args, "weights", None)
     if weights is not None:

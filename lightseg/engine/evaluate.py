@@ -62,13 +62,37 @@ def _first(batch):
     return batch[0]
 
 
-def _batches(dataset, indices, batch_size: int, num_workers: int):
-    """Yield (indices, images, labels) with up to ``batch_size`` consecutive samples of one size."""
+class _CatchDataErrors:
+    """``dataset[i]``, or the ``DataError`` it raised (returned, so that one bad file can be skipped)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except DataError as e:
+            return e
+
+
+def _batches(dataset, indices, batch_size: int, num_workers: int, on_bad=None):
+    """Yield (indices, images, labels) with up to ``batch_size`` consecutive samples of one size.
+    A sample that raises ``DataError`` is passed to ``on_bad(index, error)`` (default: raise it)."""
     from torch.utils.data import DataLoader, Subset
 
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=num_workers, collate_fn=_first)
+    loader = DataLoader(Subset(_CatchDataErrors(dataset), indices), batch_size=1, num_workers=num_workers,
+                        collate_fn=_first)
     group = []
-    for index, (image, label) in zip(indices, loader):
+    for index, item in zip(indices, loader):
+        if isinstance(item, DataError):
+            if on_bad is None:
+                raise item
+            on_bad(index, item)
+            continue
+        image, label = item
         if group and (len(group) == batch_size or group[0][1].shape != image.shape):
             yield _stack(group)
             group = []
@@ -83,14 +107,15 @@ def _stack(group):
 
 def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), eval_size=None, batch_size: int = 1,
              distributed: bool = False, progress: bool = True, save_predictions=None, num_workers: int = 0,
-             mode: str = "whole", crop=None, stride=None) -> dict:
+             mode: str = "whole", crop=None, stride=None, on_bad=None) -> dict:
     """Evaluate ``model`` on ``dataset`` (built with ``train=False``: full resolution) and return the report.
 
     ``mode``/``crop``/``stride``: whole-image or sliding-window inference (:mod:`lightseg.inference`).
 
     ``distributed``: each rank takes every world_size-th sample and the confusion matrices are summed
     (all ranks get the full report). ``save_predictions``: a folder for prediction PNGs (Cityscapes:
-    labelIds named like the test-server export; otherwise train ids).
+    labelIds named like the test-server export; otherwise train ids). ``on_bad(index, error)``: called for a
+    sample that raises ``DataError`` instead of stopping (it may raise); such samples are not scored.
     """
     import torch.distributed as dist
 
@@ -120,7 +145,7 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
         bar = tqdm(total=len(indices), desc="eval", file=sys.stderr, leave=False)
     try:
         with torch.inference_mode():
-            for idx, images, labels in _batches(dataset, indices, max(1, int(batch_size)), num_workers):
+            for idx, images, labels in _batches(dataset, indices, max(1, int(batch_size)), num_workers, on_bad):
                 images, labels = images.to(device), labels.to(device)
                 pred = predict_labels(model, images, labels.shape[-2:], flip, scales, eval_size, mode, crop, stride)
                 cm.update(pred, labels)
@@ -164,14 +189,23 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     from .. import create_model
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..config import load_config
-    from ..data import build_dataset, resolve_split
+    from ..data import build_dataset, resolve_split, scan_samples
     from ..devices import resolve_device
+    from ..outputs import check_output_dir, check_output_file
     from .distributed import setup
 
     if (checkpoint is None) == (weights is None):
         raise ConfigError("pass --checkpoint CKPT (a .pt written by lightseg train) or --weights NAME (weights shipped "
                           "with lightseg), one of them")
     cfg = load_config(config, overrides or ())
+    # Where the results go is checked before the (long) evaluation, not after it.
+    if output:
+        check_output_file(output, "--output", example="metrics.json")
+    if save_predictions:
+        check_output_dir(save_predictions, "--save-predictions")
+    for s in scales or ():
+        if not (isinstance(s, (int, float)) and 0 < s < float("inf")):
+            raise ConfigError(f"--scales {s}: each scale must be a finite number > 0, e.g. --scales 0.75 1.0 1.25")
     data_cfg = cfg["data"]
     if data_root is not None:
         data_cfg["root"] = str(data_root)
@@ -210,6 +244,21 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
                          normalize=data_cfg.get("normalize", "imagenet"), int8_mode=int8_mode)
         run_device = runner.device
     eval_cfg = cfg.get("eval", {})
+    mode = mode or eval_cfg.get("mode", "whole")
+    suffix = ("" if backend == "eager" else f"_{backend}") + ("" if mode == "whole" else "_slide")
+    name = f"metrics{suffix}.json" if split == "val" else f"metrics_{split}{suffix}.json"
+    if output:
+        out = Path(output)
+    elif weights is not None:
+        out = Path(cfg["output_dir"]) / f"weights_{weights}" / name
+    else:
+        out = Path(checkpoint).parent / name
+    if not output:
+        check_output_file(out, "the metrics file (choose another with --output)")
+    problems = scan_samples(dataset, eval_size=data_cfg.get("eval_size"), scales=tuple(scales or eval_cfg.get("scales") or (1.0,)))
+    if problems:
+        listed = "; ".join(m for _, m in problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3 else "")
+        raise DataError(f"{len(problems)} of {len(dataset)} samples of split {split_name!r} cannot be evaluated: {listed}")
     report = evaluate(
         runner, dataset, device=run_device,
         flip=bool(flip or eval_cfg.get("flip", False)),
@@ -220,7 +269,7 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         progress=True,
         save_predictions=save_predictions,
         num_workers=int(data_cfg.get("num_workers", 0) or 0),
-        mode=mode or eval_cfg.get("mode", "whole"),
+        mode=mode,
         crop=crop if crop is not None else eval_cfg.get("crop"),
         stride=stride if stride is not None else eval_cfg.get("stride"),
     )
@@ -234,15 +283,6 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         report["machine"] = cpu_info().as_dict()
     if not info.is_main:
         return report
-    suffix = "" if backend == "eager" else f"_{backend}"
-    suffix += "" if report["mode"] == "whole" else "_slide"
-    name = f"metrics{suffix}.json" if split == "val" else f"metrics_{split}{suffix}.json"
-    if output:
-        out = Path(output)
-    elif weights is not None:
-        out = Path(cfg["output_dir"]) / f"weights_{weights}" / name
-    else:
-        out = Path(checkpoint).parent / name
     text = _dump(report)
     atomic_write_bytes(out, lambda f: f.write(text.encode()))
     if as_json:

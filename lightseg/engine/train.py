@@ -1,4 +1,5 @@
-"""The training engine: `lightseg train CONFIG [--set k=v] [--resume [RUN_DIR|CKPT]] [--skip-bad]`.
+"""The training engine: `lightseg train CONFIG [--set k=v] [--resume [RUN_DIR|CKPT]] [--skip-bad]`, or
+`lightseg train --resume RUN_DIR` (the run's own saved config).
 
 Python API::
 
@@ -14,8 +15,10 @@ and resumed from ``last.pt`` ends, on CPU with ``train.deterministic``, with bit
 as a run that never stopped, whatever ``data.num_workers`` is.
 
 Run directory (``output_dir``): ``config.yaml`` (resolved recipe), ``log.jsonl``, ``last.pt`` (every
-``ckpt_interval`` iterations, at the end and on SIGINT/SIGTERM), ``best.pt`` (best validation mIoU),
-``bad_samples.jsonl`` (``--skip-bad``). Under torchrun only rank 0 writes.
+``ckpt_interval`` iterations, before and after each validation, at the end and on SIGINT/SIGTERM),
+``best.pt`` (best validation mIoU), ``bad_samples.jsonl`` (``--skip-bad``). Under torchrun only rank 0
+writes. While a run trains, ``.lightseg-train.lock`` holds its pid (:mod:`.rundir`: one process per
+folder, no fresh run over an earlier one, a resume keeps the run's settings unless forced).
 """
 from __future__ import annotations
 
@@ -35,15 +38,22 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import atomic_write_bytes, load_checkpoint, load_model_weights, save_checkpoint
+from ..checkpoint import (atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
+                          remove_stale_temp_files, save_checkpoint)
 from ..config import load_config, save_config
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
+from ..outputs import OutputError, check_output_dir, write_error
 from . import distributed as du
 from .optim import IterationScheduler, build_optimizer
+from .rundir import RUN_FILES, RunLock, check_fresh_run_dir, resume_differences
+
+# --skip-bad: when more than this share of a split's samples is bad, the run stops (the data are broken,
+# not a few files); `--max-bad` changes it.
+MAX_BAD_SHARE = 0.1
 
 
 class NonFiniteLossError(LightsegError):
-    """The loss became NaN or infinite: the run stops without writing a checkpoint."""
+    """The loss or the weights became NaN or infinite: the run stops without writing a checkpoint."""
 
 
 class TrainingInterrupted(LightsegError):
@@ -229,13 +239,19 @@ class _StopRequest:
 
 
 # ---------------------------------------------------------------- trainer
-def _resolve_resume(resume, output_dir: Path) -> tuple[Path, Path]:
+def _resolve_resume(resume, output_dir) -> tuple[Path, Path]:
     """-> (checkpoint path, run dir) for ``--resume`` given as 'auto', a run directory or a .pt file."""
     if resume in (True, "auto"):
-        run_dir = output_dir
+        if output_dir is None:
+            raise ConfigError("--resume without a value continues the recipe's output_dir, but no recipe was given; "
+                              "pass the run folder: lightseg train --resume runs/NAME")
+        run_dir = Path(output_dir)
         ckpt = run_dir / "last.pt"
     else:
         p = Path(resume)
+        if p.suffix in (".yaml", ".yml"):
+            raise ConfigError(f"--resume {p}: expected a run folder or a .pt file, not a recipe; continue a run with "
+                              f"lightseg train --resume RUN_DIR (its own settings) or lightseg train RECIPE --resume RUN_DIR")
         if p.is_dir():
             run_dir, ckpt = p, p / "last.pt"
         else:
@@ -249,18 +265,21 @@ def _resolve_resume(resume, output_dir: Path) -> tuple[Path, Path]:
 class Trainer:
     """Builds model, data, optimiser, schedule and criterion from a resolved config; ``fit()`` trains."""
 
-    def __init__(self, cfg: dict, resume=None, skip_bad: bool = False, config_path=None):
+    def __init__(self, cfg: dict, resume=None, skip_bad: bool = False, config_path=None, force_override: bool = False,
+                 max_bad: float = MAX_BAD_SHARE):
         self.cfg = cfg
         self.skip_bad = skip_bad
         self.config_path = config_path
         self.resume = resume
+        self.force_override = force_override
+        if not 0 <= max_bad <= 1:
+            raise ConfigError(f"--max-bad {max_bad}: expected a share between 0 and 1, e.g. 0.1 for 10%")
+        self.max_bad = max_bad
         self.run_dir = Path(cfg["output_dir"])
         self.resume_ckpt = None
         if resume:
             self.resume_ckpt, self.run_dir = _resolve_resume(resume, self.run_dir)
-        elif (self.run_dir / "last.pt").exists():
-            raise ConfigError(f"output_dir {str(self.run_dir)!r} already holds last.pt of an earlier run; continue it with "
-                              f"--resume, or write elsewhere with --set output_dir=runs/NEW_NAME")
+        check_output_dir(self.run_dir, "output_dir")  # a file, under a file, read-only: said before any work
         self.log_path = self.run_dir / "log.jsonl"
         self.bad_path = self.run_dir / "bad_samples.jsonl"
 
@@ -284,6 +303,7 @@ class Trainer:
         # train.val_interval 0 (--no-val): no validation set is needed, and none is read.
         validating = bool(t["val_every_epochs"] or t["val_interval"])
         self.val_set = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False) if validating else None
+        self._check_val_split()
         n_cls = cfg["model"]["num_classes"]
         if getattr(self.train_set, "num_classes", n_cls) != n_cls:
             raise ConfigError(f"model.num_classes is {n_cls} but the {cfg['data']['name']} dataset at {cfg['data']['root']!r} "
@@ -347,11 +367,63 @@ class Trainer:
 
         self.iteration = 0
         self.best_miou = -1.0
+        self.optimizer_steps = 0
+        self.val_pending = False
         if self.resume_ckpt is not None:
             self._load_resume()
 
+    def _check_val_split(self):
+        """Find unusable validation samples before training (not at the first validation, hours in): missing,
+        truncated or unreadable files, image/label size mismatches, images under the models' minimum size.
+        ``--skip-bad`` leaves them out of validation (logged); without it the run does not start."""
+        from ..data import scan_samples
+
+        self._val_bad_records = []
+        if self.val_set is None:  # no validation (train.val_interval 0)
+            return
+        e = self.cfg["eval"]
+        problems = scan_samples(self.val_set, eval_size=self.cfg["data"]["eval_size"], scales=e["scales"])
+        n = len(self.val_set)
+        if not problems:
+            return
+        listed = "; ".join(msg for _, msg in problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3 else "")
+        if not self.skip_bad:
+            raise DataError(f"{len(problems)} of {n} validation samples (data.val_split={self.cfg['data']['val_split']!r}) "
+                            f"cannot be used: {listed}. Fix or remove them, or pass --skip-bad to leave them out of "
+                            f"validation (they are then listed in {self.bad_path})")
+        if len(problems) >= n or len(problems) > self.max_bad * n:
+            raise DataError(f"{len(problems)} of {n} validation samples are bad, more than --max-bad {self.max_bad:g} allows: "
+                            f"{listed}. Fix the validation split (data.val_split={self.cfg['data']['val_split']!r})")
+        bad = {i for i, _ in problems}
+        self._val_bad_records = [{"split": "val", "index": i, "files": [str(f) for f in self.val_set.files[i]],
+                                  "reason": msg} for i, msg in problems]
+        self.val_set.files = [f for i, f in enumerate(self.val_set.files) if i not in bad]
+
+    def _check_resume_config(self, ckpt: dict) -> None:
+        """The resumed run must train what the saved one trained: a changed batch size, seed, schedule,
+        optimiser, loss, model or data would not continue it exactly. Refused unless ``force_override``."""
+        saved = ckpt.get("config")
+        if saved is None and (self.run_dir / "config.yaml").is_file():
+            import yaml
+
+            with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError):
+                saved = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            return
+        changed = resume_differences(saved, self.cfg)
+        if not changed:
+            return
+        if not self.force_override:
+            raise ConfigError(f"--resume {self.resume_ckpt}: the recipe or --set changes {len(changed)} setting(s) the run was "
+                              f"trained with: {'; '.join(changed)}. The run would not continue exactly. Continue it with its "
+                              f"own settings: lightseg train --resume {self.run_dir}; or pass --force-override to train on "
+                              f"with the new values")
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"lightseg train: --force-override: continuing {self.run_dir} with changed settings: {'; '.join(changed)} "
+                  f"(the result will differ from an uninterrupted run)", file=sys.stderr)
+
     def _load_resume(self):
-        ckpt = load_checkpoint(self.resume_ckpt)
+        ckpt = self._resume_state
         name = self.cfg["model"]["name"]
         if ckpt.get("model_name") not in (None, name):
             raise CheckpointError(f"{self.resume_ckpt}: trained model {ckpt['model_name']!r}, but the recipe builds {name!r}; "
@@ -384,23 +456,36 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         self.iteration = int(ckpt["iteration"])
         self.best_miou = float(ckpt.get("best_miou", -1.0))
-        if self.dist.is_main:
-            self._truncate_log(self.iteration)
+        self.optimizer_steps = int(ckpt.get("optimizer_steps", self.iteration))
+        self.val_pending = bool(ckpt.get("val_pending", False))
+        saved_n = ckpt.get("train_samples")
+        if saved_n is not None and saved_n != len(self.train_set):
+            msg = (f"{self.resume_ckpt}: the run trained on {saved_n} samples, but data.train_split "
+                   f"{self.cfg['data']['train_split']!r} at {self.cfg['data']['root']!r} now has {len(self.train_set)}; the data "
+                   f"order and the schedule would change")
+            if not self.force_override:
+                raise ConfigError(msg + ". Resume with the data it was trained on, or pass --force-override")
+            if self.dist.is_main:
+                print(f"lightseg train: --force-override: {msg}", file=sys.stderr)
 
-    def _truncate_log(self, iteration: int) -> None:
-        """Drop records that an interrupted run wrote after its last checkpoint (they will be redone)."""
-        if not self.log_path.is_file():
-            return
+    def _commit_log(self) -> None:
+        """A resumed run's first save: drop the records the interrupted run wrote after the checkpoint it
+        resumed from (they were redone), then add this run's records, in one atomic rewrite. Until then
+        log.jsonl is left as it was, so that a resume that fails leaves the run folder untouched."""
         keep = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if rec.get("iter", 0) <= iteration:
-                keep.append(json.dumps(rec))
+        if self.log_path.is_file():
+            for line in self.log_path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                it = rec.get("iter", 0)
+                if it < self.resumed_from or (it == self.resumed_from and not (self.resumed_val_pending and rec.get("kind") == "val")):
+                    keep.append(json.dumps(rec))
+        keep.extend(json.dumps(rec) for rec in self._log_pending)
         text = ("\n".join(keep) + "\n" if keep else "").encode()
         atomic_write_bytes(self.log_path, lambda f: f.write(text))
+        self._log_pending = None
 
     def _loader(self):
         d, t = self.cfg["data"], self.cfg["train"]
@@ -416,8 +501,28 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
             return
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self._log_pending is not None:  # a resumed run before its first save: see _commit_log
+            self._log_pending.append(record)
+            return
+        self._append(self.log_path, [record])
+
+    def _append(self, path: Path, records) -> None:
+        try:
+            with open(path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+        except OSError as e:
+            raise write_error(e, path, self._held()) from e
+
+    def _held(self, extra: str = "") -> str:
+        """What the run folder holds and the command that continues it (``extra``: arguments to add)."""
+        last = self.run_dir / "last.pt"
+        if not last.is_file():
+            return f"no checkpoint was written before it (ckpt_interval {self.cfg['train']['ckpt_interval']})"
+        try:
+            it = load_checkpoint(last).get("iteration")
+        except LightsegError:
+            it = "?"
+        return f"{last} holds the last good state (iteration {it}); continue with: lightseg train --resume {self.run_dir}{extra}"
 
     def epoch_of(self, iteration: int) -> int:
         return iteration * self.global_batch // len(self.train_set)
@@ -443,24 +548,59 @@ class Trainer:
             "sampler": {"seed": int(self.cfg["train"]["seed"]), "iteration": int(self.iteration),
                         "batch_size": int(self.cfg["train"]["batch_size"]), "world_size": int(self.dist.world_size)},
             "best_miou": float(self.best_miou),
+            "optimizer_steps": int(self.optimizer_steps),
+            "train_samples": len(ds),
+            "val_pending": False,
         }
 
-    def save(self, name: str) -> None:
+    def _check_savable(self, lr: float) -> None:
+        """Never save a state that is worse than the one on disk: weights with NaN/inf (the loss is checked
+        before each step, the weights after it only here), or a model no sample has trained."""
+        bad = non_finite_tensor(self.model.state_dict()) or non_finite_tensor(self.optimizer.state_dict()["state"])
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"the weights became NaN or infinite ({bad}) by iteration {self.iteration} (lr {lr:.3g}); stopped without "
+                f"saving: {self._held(' --set train.optimizer.lr=<lower> --force-override')}. "
+                f"Lower train.optimizer.lr or set train.grad_clip")
+        if self.optimizer_steps == 0:
+            raise DataError(f"no training step was taken in {self.iteration} iteration(s): every sample was bad (see "
+                            f"{self.bad_path}); nothing was saved. Fix or remove the bad files")
+
+    def save(self, name: str, val_pending: bool = False) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.state(), self.run_dir / name)
+            state = self.state()
+            state["val_pending"] = val_pending
+            try:
+                save_checkpoint(state, self.run_dir / name)
+            except OutputError as e:  # a full disk: the old file is intact, say how to go on
+                raise OutputError(f"{e}; {self._held()}") from e
             if self._config_pending:  # a resumed run's config replaces the old one with its first checkpoint
                 save_config(self.cfg, self.run_dir / "config.yaml")
                 self._config_pending = False
+            if self._log_pending is not None:
+                self._commit_log()
 
     def validate(self) -> dict:
         from .evaluate import evaluate
 
         e = self.cfg["eval"]
+
+        def on_bad(index, error):
+            # last.pt was saved just before validating: nothing is lost when this stops the run
+            if not self.skip_bad:
+                raise DataError(f"{error} (validation sample {index}). {self._held()} once the file is fixed or "
+                                f"removed; or pass --skip-bad to leave such samples out of validation") from None
+            rec = {"iter": self.iteration, "split": "val", "index": index,
+                   "files": [str(f) for f in self.val_set.files[index]], "reason": str(error)}
+            if self.dist.is_main:
+                self._append(self.bad_path, [rec])
+                print(f"lightseg train: skipped bad validation sample {index}, see {self.bad_path}", file=sys.stderr)
+
         self.model.eval()
         try:
             report = evaluate(self.model, self.val_set, self.device, flip=e["flip"], scales=e["scales"],
                               eval_size=self.cfg["data"]["eval_size"], batch_size=e["batch_size"],
-                              distributed=self.dist.distributed, progress=False)
+                              distributed=self.dist.distributed, progress=False, on_bad=on_bad)
         finally:
             self.model.train()
         return report
@@ -490,24 +630,38 @@ class Trainer:
         if self.skip_bad:
             everyone = [b for part in du.all_gather_objects([b.record() for b in bad], self.dist) for b in part]
             if everyone and self.dist.is_main:
-                with open(self.bad_path, "a") as f:
-                    for rec in everyone:
-                        f.write(json.dumps({"iter": self.iteration + 1, **rec}) + "\n")
+                self._append(self.bad_path, [{"iter": self.iteration + 1, **rec} for rec in everyone])
                 print(f"lightseg train: skipped {len(everyone)} bad sample(s), see {self.bad_path}", file=sys.stderr)
+            self._bad_train.update(rec["index"] for rec in everyone)
+            n = len(self.train_set)
+            if len(self._bad_train) > self.max_bad * n:
+                raise DataError(f"{len(self._bad_train)} of {n} training samples are bad, more than --max-bad "
+                                f"{self.max_bad:g} allows ({self.bad_path} lists them); stopped without saving: "
+                                f"{self._held()} once the files are fixed")
             empty = torch.tensor([1.0 if images is None else 0.0])
             return du.all_reduce_sum(empty, self.dist).item() == 0  # every rank skips together
         return True
 
     def fit(self) -> Path:
         self.tb = None
+        main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
         try:
-            self._build()
-            if self.cfg["train"]["tensorboard"] and self.dist.is_main:
-                from .tensorboard import TensorBoardLogger
+            # One process per run folder: a second one exits naming the first, before it writes anything.
+            with RunLock(self.run_dir) if main else contextlib.nullcontext():
+                if main and self.resume_ckpt is None:
+                    check_fresh_run_dir(self.run_dir)
+                if main:  # what a process killed during a save left (we hold the lock: nobody is writing)
+                    remove_stale_temp_files(self.run_dir, RUN_FILES)
+                if self.resume_ckpt is not None:
+                    self._resume_state = load_checkpoint(self.resume_ckpt)
+                    self._check_resume_config(self._resume_state)
+                self._build()
+                if self.cfg["train"]["tensorboard"] and self.dist.is_main:
+                    from .tensorboard import TensorBoardLogger
 
-                self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
-                                            purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
-            return self._fit()
+                    self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
+                                                purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
+                return self._fit()
         finally:
             if self.tb is not None:
                 self.tb.close()
@@ -521,13 +675,26 @@ class Trainer:
         # A fresh run writes its config now. A resumed run keeps the old config.yaml until it has saved a
         # checkpoint of its own, so a resume that fails at once (bad data, ...) leaves the run dir untouched.
         self._config_pending = self.resume_ckpt is not None
+        # Likewise its log records wait in memory for its first save (see _commit_log).
+        self._log_pending = [] if self.resume_ckpt is not None else None
+        self.resumed_from, self.resumed_val_pending = self.iteration, self.val_pending
+        self._bad_train: set = set()
         if self.dist.is_main and not self._config_pending:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.dist.is_main and self._val_bad_records:
+            self._append(self.bad_path, [{"iter": self.iteration, **r} for r in self._val_bad_records])
+            print(f"lightseg train: left {len(self._val_bad_records)} bad validation sample(s) out, see {self.bad_path}",
+                  file=sys.stderr)
+        self.t_start = time.time()
+        if self.val_pending and self.val_set is not None:  # it stopped while validating: validate that state now (exact)
+            self._validate_and_keep_best()
+            self.save("last.pt")
         if self.iteration >= self.max_iters:
             if self.dist.is_main:
                 print(f"lightseg train: {self.run_dir} is already at iteration {self.iteration} of {self.max_iters}; "
-                      f"raise train.iters to train further", file=sys.stderr)
+                      f"to train further: lightseg train --resume {self.run_dir} --set train.iters=N --force-override "
+                      f"(a longer schedule than the run had)", file=sys.stderr)
             return self.run_dir
 
         if not self.val_interval and self.dist.is_main:
@@ -538,7 +705,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0, desc=f"train {self.cfg['model']['name']}")
         loss_sum, loss_count, seen, t_log = 0.0, 0, 0, time.perf_counter()
         part_sums: dict = {}
-        self.t_start = t_start = time.time()
+        t_start = self.t_start
         params = [p for p in self.model.parameters() if p.requires_grad]
         with _StopRequest() as stop, bar:
             for images, labels, bad in self._loader():
@@ -554,18 +721,25 @@ class Trainer:
                     du.all_reduce_sum(packed, self.dist)
                     loss_value = packed[0].item() / self.dist.world_size
                     if not math.isfinite(loss_value):
-                        last = self.run_dir / "last.pt"
-                        held = (f"{last} holds the last good state (iteration {load_checkpoint(last).get('iteration')})"
-                                if last.is_file() else f"no checkpoint was written before it (ckpt_interval {t['ckpt_interval']})")
                         raise NonFiniteLossError(
-                            f"the loss is {loss_value} at iteration {it + 1} (lr {lr:.3g}); stopped without saving: {held}. "
-                            f"Lower train.optimizer.lr, set train.grad_clip, or check the data/labels; resume with --resume")
+                            f"the loss is {loss_value} at iteration {it + 1} (lr {lr:.3g}); stopped without saving: "
+                            f"{self._held(' --set train.optimizer.lr=<lower> --force-override')}. "
+                            f"Lower train.optimizer.lr, set train.grad_clip, or check the data/labels")
                     if t["grad_clip"]:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
-                    self.scaler.step(self.optimizer)
+                    try:
+                        self.scaler.step(self.optimizer)
+                    except RuntimeError as e:  # torch's optimisers refuse a step size beyond float32
+                        if "overflow" not in str(e):
+                            raise
+                        raise NonFiniteLossError(
+                            f"the optimiser step of iteration {it + 1} overflows float32 (lr {lr:.3g}); stopped without "
+                            f"saving: {self._held(' --set train.optimizer.lr=<lower> --force-override')}. "
+                            f"Lower train.optimizer.lr") from None
                     self.scaler.update()
                     self.scheduler.on_train_loss(it, loss_value)
+                    self.optimizer_steps += 1
                     loss_sum += loss_value
                     loss_count += 1
                     for name, value in parts.items():
@@ -598,12 +772,17 @@ class Trainer:
                     # every rank validates, and rank 0 saves, the same model.
                     for buf in self.model.buffers():
                         torch.distributed.broadcast(buf, src=0)
+                if do_val or do_save:
+                    self._check_savable(lr)
                 if do_val:
+                    # Save first: a fault found while validating then costs nothing. The mark makes a resume
+                    # from this file validate before training on, so that it stays exact.
+                    self.save("last.pt", val_pending=True)
                     self._validate_and_keep_best()
-                if do_save:
+                if do_save or do_val:
                     self.save("last.pt")
                 if stop_requested:
-                    how = f"lightseg train {self.config_path or 'CONFIG'} --resume {self.run_dir}"
+                    how = f"lightseg train --resume {self.run_dir}"  # the run's own config: continues exactly
                     raise TrainingInterrupted(
                         f"stopped by {stop.signal_name or 'a signal on another rank'} after iteration {self.iteration} of "
                         f"{self.max_iters}; {self.run_dir / 'last.pt'} holds that state. Continue with: {how}")
@@ -636,15 +815,41 @@ class Trainer:
         return palette_for(min(int(self.cfg["model"]["num_classes"]), 255))
 
 
-def fit(cfg: dict, resume=None, skip_bad: bool = False) -> Path:
+def fit(cfg: dict, resume=None, skip_bad: bool = False, **kwargs) -> Path:
     """Train from a resolved config dict (see ``lightseg.config.load_config``); returns the run directory."""
-    return Trainer(cfg, resume=resume, skip_bad=skip_bad).fit()
+    return Trainer(cfg, resume=resume, skip_bad=skip_bad, **kwargs).fit()
 
 
-def train(config_path, overrides=(), resume=None, skip_bad: bool = False) -> Path:
-    """`lightseg train`: load the recipe, apply ``--set`` overrides, train (or resume); returns the run dir."""
-    cfg = load_config(config_path, overrides)
-    run_dir = Trainer(cfg, resume=resume, skip_bad=skip_bad, config_path=config_path).fit()
+def run_config(resume, overrides=()) -> dict:
+    """The config a run was trained with (saved in its checkpoint, else its config.yaml), ``overrides`` applied;
+    ``output_dir`` is the run folder itself (it may have been moved)."""
+    ckpt_path, run_dir = _resolve_resume(resume, None)
+    saved = load_checkpoint(ckpt_path).get("config")
+    if saved is not None:
+        cfg = load_config(ckpt_path, overrides, recipe=saved)
+    elif (run_dir / "config.yaml").is_file():
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        raise ConfigError(f"{ckpt_path} holds no config and {run_dir / 'config.yaml'} is missing; pass the recipe it was "
+                          f"trained with: lightseg train RECIPE --resume {run_dir}")
+    cfg["output_dir"] = str(run_dir)
+    return cfg
+
+
+def train(config_path=None, overrides=(), resume=None, skip_bad: bool = False, force_override: bool = False,
+          max_bad: float = MAX_BAD_SHARE) -> Path:
+    """`lightseg train`: load the recipe, apply ``--set`` overrides, train (or resume); returns the run dir.
+
+    Without ``config_path``, ``resume`` (a run folder or .pt) continues the run with its own saved config."""
+    if config_path is None:
+        if not resume:
+            raise ConfigError("lightseg train needs a RECIPE (a YAML file such as configs/mininet_95k_camvid.yaml), "
+                              "or --resume RUN_DIR to continue a run with its own settings")
+        cfg = run_config(resume, overrides)
+    else:
+        cfg = load_config(config_path, overrides)
+    run_dir = Trainer(cfg, resume=resume, skip_bad=skip_bad, config_path=config_path, force_override=force_override,
+                      max_bad=max_bad).fit()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"lightseg train: done, run directory {run_dir}", file=sys.stderr)
     return run_dir

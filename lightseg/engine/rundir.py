@@ -1,0 +1,122 @@
+"""The run folder's guarantees: one training process at a time, no fresh run over an earlier run's
+files, and a resume that continues with the run's own settings unless told otherwise."""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ..errors import ConfigError, LightsegError
+from ..outputs import check_output_dir, write_error
+
+# What `lightseg train` writes in a run folder: a fresh run refuses a folder that holds any of them.
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "bad_samples.jsonl")
+LOCK_NAME = ".lightseg-train.lock"
+
+# Keys whose change does not change the weights a run ends with: where files go, how often it logs,
+# saves and validates, how fast data loads, how the model is scored. Any other difference between
+# the run's saved config and the resuming one (batch size, seed, schedule, optimiser, loss, data,
+# model) is refused unless forced. When a plateau schedule watches the validation mIoU, validation
+# drives the learning rate, so its keys count too.
+RESUME_SAFE_KEYS = ("output_dir", "data.num_workers", "train.log_interval", "train.ckpt_interval",
+                    "train.val_interval", "train.val_every_epochs", "train.device", "train.tensorboard", "eval")
+PLATEAU_UNSAFE = ("train.val_interval", "train.val_every_epochs", "eval")
+
+
+class RunLocked(LightsegError):
+    """Another process is training into this run folder."""
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``RUN_DIR/.lightseg-train.lock`` for the life of a training process.
+
+    The kernel drops the lock when the process ends, however it ends (kill -9 included), so a stale
+    lock file never blocks a later run. The file holds the owner's pid for the message of the one
+    refused, and is removed at the end of the run.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.fd = None
+
+    def _open(self) -> int:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(e, self.path) from e
+
+    def __enter__(self):
+        check_output_dir(self.run_dir, "output_dir")
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLocked(f"{self.run_dir} is in use by another lightseg train (pid {owner}); wait for it to end, "
+                                f"stop it (kill {owner}: it saves last.pt first), or write elsewhere with "
+                                f"--set output_dir=runs/NEW_NAME") from None
+            try:  # the owner before us may have removed the file after we opened it: lock the one in place
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still locked: a run that opened it meanwhile retries (see __enter__)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def check_fresh_run_dir(run_dir) -> None:
+    """A fresh run must not write over an earlier run's files."""
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    if "last.pt" in found:
+        how = f"continue it with: lightseg train --resume {run_dir}"
+    else:
+        how = "it saved no checkpoint to continue from: delete the folder if it is not needed"
+    raise ConfigError(f"output_dir {str(run_dir)!r} already holds {', '.join(found)} of an earlier run; {how}, "
+                      f"or write elsewhere with --set output_dir=runs/NEW_NAME")
+
+
+def _flatten(tree, prefix="") -> dict:
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v and path not in ("model.kwargs", "data.label_map"):
+            out.update(_flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def resume_differences(saved: dict, cfg: dict) -> list[str]:
+    """``key: saved -> now`` for each key that differs between a run's saved config and ``cfg`` and
+    changes what the run trains (see ``RESUME_SAFE_KEYS``). Keys an older lightseg did not save are skipped."""
+    old, new = _flatten(saved), _flatten(cfg)
+    plateau = any(c.get("train.scheduler.name") == "plateau" and c.get("train.scheduler.plateau_monitor", "val_miou") == "val_miou"
+                  for c in (old, new))
+    safe = tuple(k for k in RESUME_SAFE_KEYS if not (plateau and k in PLATEAU_UNSAFE))
+
+    def is_safe(key):
+        return any(key == s or key.startswith(s + ".") for s in safe)
+
+    return [f"{key}: {old[key]!r} -> {new.get(key)!r}" for key in sorted(old)
+            if key in new and old[key] != new[key] and not is_safe(key)]
