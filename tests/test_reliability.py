@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_without_overwriting(trained, capsys):
     recipe, run_dir = trained
     before = _snapshot(run_dir)
     rc = main(["train", str(recipe), "--resume", str(run_dir), "--set", "train.iters=8",
-               "--set", "train.optimizer.lr=1e30"])
+               "--set", "train.optimizer.lr=1e30", "--force-override"])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "iteration" in err and f"{run_dir / 'last.pt'} holds the last good state (iteration 4)" in err
@@ -78,7 +78,8 @@ def test_non_finite_loss_stops_without_overwriting(trained, capsys):
     assert after["last.pt"] == before["last.pt"] and after["best.pt"] == before["best.pt"]
     assert load_checkpoint(run_dir / "last.pt")["iteration"] == 4
     # and a resume with another optimiser is refused by name, not with a KeyError deep inside torch
-    assert main(["train", str(recipe), "--resume", str(run_dir), "--set", "train.iters=8", "--set", "train.optimizer.name=sgd"]) == 2
+    assert main(["train", str(recipe), "--resume", str(run_dir), "--set", "train.iters=8", "--set", "train.optimizer.name=sgd",
+                 "--force-override"]) == 2
     err = capsys.readouterr().err
     assert "train.optimizer.name='adam'" in err and "Traceback" not in err
 
@@ -119,7 +120,7 @@ def test_bad_sample_stops_or_is_skipped(tmp_path, capsys):
     assert str(broken) in err and "--skip-bad" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "last.pt").exists()
     # with --skip-bad the sample is logged (file and reason) and training completes
-    assert main(["train", str(recipe), "--set", f"output_dir={tmp_path / 'run2'}", "--skip-bad"]) == 0
+    assert main(["train", str(recipe), "--set", f"output_dir={tmp_path / 'run2'}", "--skip-bad", "--max-bad", "0.25"]) == 0
     records = [json.loads(line) for line in (tmp_path / "run2" / "bad_samples.jsonl").read_text().splitlines()]
     assert records and all(str(broken) in r["files"][0] and "decode" in r["reason"] for r in records)
     # 4 iterations x 2 samples over 4 images: the broken one comes up twice (once per epoch)
@@ -184,7 +185,7 @@ def test_bad_data_on_resume_exits_2_names_file_keeps_run(trained, tmp_path, caps
     old_log = (run_dir / "log.jsonl").read_text()
     capsys.readouterr()
     named, words = corrupt(tmp_path / "data")
-    code = main(["train", str(recipe), "--resume", "--set", "train.iters=8"])
+    code = main(["train", str(recipe), "--resume", "--set", "train.iters=8", "--force-override"])
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
