@@ -106,6 +106,37 @@ def test_warmup_is_linear_from_start_fraction():
     assert _rates(s, 6)[5] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5) * (1 - 5 / 100) ** 0.9)
 
 
+def test_constant_warmup_is_deeplabs_slow_start():
+    # ShuffleNetV2+DPC: "a slow start at [a low] learning rate for the first 186 steps"; DeepLab's
+    # tf.where(step < slow_start_step, slow_start_lr, poly(step)): the poly keeps counting from step 0.
+    s, _ = _sched(name="poly", warmup_iters=10, warmup_start=0.1, warmup_mode="constant")
+    lrs = _rates(s, 12)
+    assert lrs[:10] == pytest.approx([0.1 * 0.1 * (1 - i / 100) ** 0.9 for i in range(10)], rel=1e-12)
+    # then the poly rate of steps 10, 11: not a restarted poly
+    assert lrs[10:] == pytest.approx([0.1 * (1 - i / 100) ** 0.9 for i in (10, 11)], rel=1e-12)
+    with pytest.raises(ConfigError, match="warmup_mode"):
+        _sched(warmup_mode="cosine")
+
+
+def test_constant_warmup_resumes_exactly_across_its_end(tmp_path):
+    """Stopped inside the slow start (iteration 4 of 6) and resumed: the same learning rates and the same
+    weights as an uninterrupted run (the schedule is a function of the iteration only)."""
+    data = make_camvid_like(tmp_path / "data", n_train=4, n_val=1)
+    sched = "  scheduler: {name: constant, warmup_iters: 6, warmup_start: 0.1, warmup_mode: constant}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ref_dir = Trainer(load_config(tiny_recipe(tmp_path / "a", data, iters=10, extra=sched))).fit()
+    stopped = Trainer(load_config(tiny_recipe(tmp_path / "b", data, iters=4, extra=sched))).fit()
+    resumed = Trainer(load_config(tiny_recipe(tmp_path / "b", data, iters=4, extra=sched), ["train.iters=10"]),
+                      resume=str(stopped)).fit()
+
+    def lrs(run):
+        return [r["lr"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert lrs(ref_dir) == lrs(resumed) == pytest.approx([2e-4] * 6 + [2e-3] * 4)
+    ref, out = load_checkpoint(ref_dir / "last.pt")["model"], load_checkpoint(resumed / "last.pt")["model"]
+    assert all(torch.equal(ref[k], out[k]) for k in ref)
+
+
 def test_plateau_halves_after_patience_and_state_round_trip():
     s, opt = _sched(name="plateau", plateau_patience=2)
     _rates(s, 10)

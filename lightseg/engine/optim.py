@@ -10,9 +10,11 @@
   when the monitored value has not improved for ``plateau_patience`` checks. ``plateau_monitor``:
   ``val_miou`` (checked at each validation) or ``train_loss`` (the epoch's mean training loss, checked at
   each epoch's end: RDS-Net's "when the loss is stagnant").
-* warm-up (any of them): ``LinearLR`` over the first ``warmup_iters`` iterations, from ``warmup_start x``
-  to the full rate, multiplied with the schedule (both step every iteration: ``lr = base x warm-up x
-  schedule``, the "slow start" of ShuffleNetV2+DPC).
+* warm-up (any of them), over the first ``warmup_iters`` iterations, multiplied with the schedule (both
+  step every iteration: ``lr = base x warm-up x schedule``, the schedule counting from iteration 0):
+  ``warmup_mode: linear``, ``LinearLR`` from ``warmup_start x`` to the full rate; ``constant``,
+  ``ConstantLR``: ``warmup_start x`` throughout, then the full rate (DeepLab's "slow start",
+  ``tf.where(global_step < slow_start_step, slow_start_lr, lr)``: ShuffleNetV2+DPC's first 186 steps).
 
 ``IterationScheduler`` drives them by iteration: ``step(it)`` sets the rates of update ``it`` and returns
 the head group's. torch's schedulers compute each rate from the previous one, so the state (the
@@ -30,6 +32,7 @@ from torch.optim import lr_scheduler
 from ..errors import ConfigError
 
 SCHEDULES = ("poly", "cosine", "constant", "plateau")
+WARMUP_MODES = ("linear", "constant")
 
 
 def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
@@ -81,6 +84,8 @@ class IterationScheduler:
         if min_lr > 0 and self.name != "cosine":
             raise ConfigError(f"train.scheduler.min_lr={min_lr} is the floor of the cosine schedule; the {self.name} "
                               "schedule has none: set it to 0 or use name: cosine")
+        if sched_cfg.get("warmup_mode", "linear") not in WARMUP_MODES:
+            raise ConfigError(f"train.scheduler.warmup_mode: {sched_cfg.get('warmup_mode')!r}; use linear or constant")
         self.plateau_monitor = sched_cfg.get("plateau_monitor", "val_miou")
         if self.plateau_monitor not in ("val_miou", "train_loss"):
             raise ConfigError(f"train.scheduler.plateau_monitor: {self.plateau_monitor!r}; use val_miou or train_loss")
@@ -96,8 +101,11 @@ class IterationScheduler:
         per_iteration = []
         warmup = int(cfg.get("warmup_iters", 0))
         if warmup > 0:
-            per_iteration.append(lr_scheduler.LinearLR(optimizer, start_factor=float(cfg.get("warmup_start", 0.1)),
-                                                       end_factor=1.0, total_iters=warmup))
+            start = float(cfg.get("warmup_start", 0.1))
+            if cfg.get("warmup_mode", "linear") == "constant":
+                per_iteration.append(lr_scheduler.ConstantLR(optimizer, factor=start, total_iters=warmup))
+            else:
+                per_iteration.append(lr_scheduler.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=warmup))
         if self.name == "poly":
             per_iteration.append(lr_scheduler.PolynomialLR(optimizer, total_iters=self.max_iters,
                                                            power=float(cfg.get("power", 0.9))))
@@ -138,7 +146,7 @@ class IterationScheduler:
     def signature(self) -> dict:
         """What defines the rates; a resumed run whose recipe changed it (e.g. more train.iters, another
         lr) gets the new schedule's rates at its iteration, as the recipe now says."""
-        keys = ("warmup_iters", "warmup_start", "power", "min_lr", "plateau_factor", "plateau_patience", "plateau_monitor")
+        keys = ("warmup_iters", "warmup_start", "warmup_mode", "power", "min_lr", "plateau_factor", "plateau_patience", "plateau_monitor")
         return {"name": self.name, "base_lr": self.base_lr, "max_iters": self.max_iters,
                 "lr_mults": [float(g.get("lr_mult", 1.0)) for g in self.optimizer.param_groups],
                 **{k: self.cfg.get(k) for k in keys}}
