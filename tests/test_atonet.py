@@ -113,27 +113,91 @@ def test_matmul_pooling_equals_adaptive_avg_pool(in_hw, out_hw):
 def test_aspect_bins_hand_computed():
     # Cityscapes 1024x2048 -> layer4 32x64: aspect 2.
     assert [aspect_bins(32, 64, b) for b in (8, 4, 2)] == [(8, 16), (4, 8), (2, 4)]
-    # CamVid 360x480 -> 12x15: 8*1.25 = 10, 4*1.25 = 5, 2*1.25 = 2.5 rounds half up to 3 (not to even).
-    assert [aspect_bins(12, 15, b) for b in (8, 4, 2)] == [(8, 10), (4, 5), (2, 3)]
+    # CamVid 360x480 -> 12x15: 8*1.25 = 10, 4*1.25 = 5, 2*1.25 = 2.5 -> 2, as the authors' Python round()
+    # (half to even); 6*1.25 = 7.5 -> 8 (half to even rounds up from 7).
+    assert [aspect_bins(12, 15, b) for b in (8, 4, 2, 6)] == [(8, 10), (4, 5), (2, 2), (6, 8)]
+    assert [aspect_bins(h, w, b)[1] for h, w, b in [(12, 15, 2), (12, 15, 6), (7, 11, 3)]] == \
+        [round(w / h * b) for h, w, b in [(12, 15, 2), (12, 15, 6), (7, 11, 3)]]
     assert aspect_bins(40, 1, 2) == (2, 1)  # never zero columns
+    # The traced (tensor) path gives the same grid.
+    assert int(aspect_bins(torch.tensor(12), torch.tensor(15), 2)[1]) == 2
+    assert int(aspect_bins(torch.tensor(12), torch.tensor(15), 6)[1]) == 8
 
 
 # ------------------------------------------------------------------ model
+def _aux_head_params(c, mid, classes=19):  # 3x3 conv (no bias) + BN + 1x1 to classes with bias
+    return c * mid * 9 + 2 * mid + mid * classes + classes
+
+
 def test_params_paper_count_excludes_aux_heads():
     full = count_params(create_model("atonet_r18"))
-    deploy = count_params(create_model("atonet_r18", aux=False))
-    # Aux heads: 3x3 conv (no bias) + BN (2*128) + 1x1 to 19 classes with bias, on 256, 512, 128 channels.
-    aux = sum(c * 128 * 9 + 2 * 128 + 128 * 19 + 19 for c in (256, 512, 128))
-    assert full - deploy == aux
+    deploy = count_params(create_model("atonet_r18", aux_losses=()))
+    # The paper's heads loss3, loss4, loss5 on layer3 (256 ch), layer4 (512) and the SPP (128), mid width 128.
+    assert full - deploy == sum(_aux_head_params(c, 128) for c in (256, 512, 128))
     assert abs(deploy - 13.3e6) / 13.3e6 < 0.05  # the paper's 13.3M is the inference network
     assert abs(full - 13.3e6) / 13.3e6 > 0.05  # with the aux heads it would not match
+    # All five heads: loss1 on layer1 keeps its 64 channels (authors' code), loss2 on layer2 uses 128.
+    all5 = count_params(create_model("atonet_r18", aux_losses=(1, 2, 3, 4, 5)))
+    assert all5 - deploy == _aux_head_params(64, 64) + sum(_aux_head_params(c, 128) for c in (128, 256, 512, 128))
 
 
 def test_macs_within_paper_target(atonet):
     macs = count_macs(atonet, (1024, 2048), device="meta")
-    assert abs(macs - 134.5e9) / 134.5e9 < 0.15, macs / 1e9
+    assert abs(macs - 134.5e9) / 134.5e9 < 0.05, macs / 1e9
     # Eval mode does not run the aux heads.
-    assert macs == count_macs(create_model("atonet_r18", aux=False), (1024, 2048), device="meta")
+    assert macs == count_macs(create_model("atonet_r18", aux_losses=()), (1024, 2048), device="meta")
+
+
+def test_paper_text_structure(atonet):
+    # "SPP modules with pooling sizes of 8, 4, and 2"; "processed into 128 dimensions"; dropout 0.1;
+    # the seg module ends in a 1x1 conv to the classes; the total loss is main + loss3 + loss4 + loss5.
+    assert atonet.spp.bins == (8, 4, 2) and len(atonet.spp.branches) == 3
+    assert [m[0].out_channels for m in atonet.up] == [128] * 5
+    assert [m[0].in_channels for m in atonet.up] == [64, 128, 256, 512, 128]
+    assert all(len(m) == 2 and isinstance(m[1], torch.nn.BatchNorm2d) for m in atonet.up)  # conv-BN, ReLU after the sum
+    assert atonet.head[1].p == 0.1 and atonet.head[2].kernel_size == (1, 1) and atonet.head[2].out_channels == 19
+    assert atonet.final[0].kernel_size == (3, 3)
+    assert atonet.aux_losses == (3, 4, 5) and atonet.aux_names == ("layer3", "layer4", "spp")
+    assert atonet.aux_weights == (1.0, 1.0, 1.0)
+
+
+def test_up_kernel_switch():
+    one = create_model("atonet_r18", up_kernel=1, aux_losses=())
+    assert [m[0].kernel_size for m in one.up] == [(1, 1)] * 5
+    three = create_model("atonet_r18", aux_losses=())
+    assert [m[0].kernel_size for m in three.up] == [(3, 3)] * 5
+    # 3x3 -> 1x1 removes 8 of the 9 taps of every up conv: (64 + 128 + 256 + 512 + 128) * 128 * 8 weights.
+    assert count_params(three) - count_params(one) == (64 + 128 + 256 + 512 + 128) * 128 * 8
+    with pytest.raises(LightsegError, match="up_kernel"):
+        create_model("atonet_r18", up_kernel=5)
+
+
+@pytest.mark.parametrize("bins", [(6, 3, 2, 1), (8, 4, 2, 1), (8, 4, 2)])
+def test_bins_switch_pools_to_aspect_grids(bins):
+    model = create_model("atonet_r18", bins=bins, aux_losses=()).eval()
+    assert model.spp.bins == bins
+    grids = []
+    for conv in model.spp.branches:
+        conv.register_forward_hook(lambda m, i, o: grids.append(tuple(i[0].shape[-2:])))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 256, 512))  # layer4 at 8x16: aspect 2
+    assert grids == [(b, 2 * b) for b in bins]
+    # Each bin: a 1x1 conv-BN 512 -> 128; the fuse conv reads 512 + 128 per bin.
+    base = count_params(create_model("atonet_r18", bins=(8, 4, 2), aux_losses=()))
+    extra = len(bins) - 3
+    assert count_params(model) - base == extra * (512 * 128 + 2 * 128 + 128 * 128)
+
+
+@pytest.mark.parametrize("bad", [(), (0, 2), (8, 4.5), "842"])
+def test_bad_bins(bad):
+    with pytest.raises(LightsegError, match="bins"):
+        create_model("atonet_r18", bins=bad)
+
+
+@pytest.mark.parametrize("bad", [(0,), (6,), (3, 3), (True,), "345"])
+def test_bad_aux_losses(bad):
+    with pytest.raises(LightsegError, match="aux_losses"):
+        create_model("atonet_r18", aux_losses=bad)
 
 
 @pytest.mark.parametrize("hw", [(360, 480), (250, 330), (512, 1024)])
@@ -145,19 +209,19 @@ def test_eval_shapes(atonet, hw):
 
 def test_train_aux_at_own_stride_and_backward_reaches_all_params():
     torch.manual_seed(0)
-    model = create_model("atonet_r18", num_classes=5).train()
+    model = create_model("atonet_r18", num_classes=5, aux_losses=(1, 2, 3, 4, 5)).train()
     h, w = 100, 140  # odd sizes on the way down: 100 -> 50 -> 25 -> 13 -> 7 -> 4
     x = torch.randn(2, 3, h, w)
     target = torch.randint(0, 5, (2, h, w))
     out = model(x)
-    assert model.aux_names == ("layer3", "layer4", "spp")
+    assert model.aux_names == ("layer1", "layer2", "layer3", "layer4", "spp")
     assert out["out"].shape == (2, 5, h, w)
-    strides = (4, 5, 5)  # layer3 at 1/16, layer4 and SPP at 1/32: 2**4, 2**5 halvings
-    assert [a.shape for a in out["aux"]] == [(2, 5, _down(h, s), _down(w, s)) for s in strides]
+    halvings = (2, 3, 4, 5, 5)  # layer1 at 1/4 ... layer4 and SPP at 1/32
+    assert [a.shape for a in out["aux"]] == [(2, 5, _down(h, s), _down(w, s)) for s in halvings]
     loss = F.cross_entropy(out["out"], target)
     for a in out["aux"]:
         small = F.interpolate(target[:, None].float(), size=a.shape[-2:], mode="nearest")[:, 0].long()
-        loss = loss + 0.4 * F.cross_entropy(a, small)
+        loss = loss + F.cross_entropy(a, small)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -165,9 +229,37 @@ def test_train_aux_at_own_stride_and_backward_reaches_all_params():
         assert p.grad.abs().sum() > 0, name
 
 
+# Every network of Table 4: the three SPP pooling sets and the aux-loss combinations.
+TABLE4 = [dict(bins=(6, 3, 2, 1), aux_losses=()), dict(bins=(8, 4, 2, 1), aux_losses=()), dict(aux_losses=()),
+          dict(aux_losses=(1,)), dict(aux_losses=(1, 2)), dict(aux_losses=(1, 2, 3)), dict(aux_losses=(1, 2, 3, 4)),
+          dict(aux_losses=(1, 2, 3, 4, 5)), dict(aux_losses=(2, 3, 4, 5)), dict(), dict(aux_losses=(4, 5)),
+          dict(aux_losses=(5,))]
+
+
+@pytest.mark.parametrize("kwargs", TABLE4, ids=lambda k: ",".join(f"{a}={v}" for a, v in k.items()) or "paper")
+def test_table4_variants_train_one_step(kwargs):
+    """One SGD step of each Table 4 network with the loss the trainer builds from a recipe whose
+    aux_weights are null: the model's own weights (1 per head, the paper's w_i)."""
+    from lightseg.losses import build_criterion
+
+    torch.manual_seed(0)
+    model = create_model("atonet_r18", num_classes=3, **kwargs).train()
+    crit = build_criterion({"name": "ce", "aux_weights": None, "aux_mode": "downsample"}, 3,
+                           aux_names=model.aux_names, default_aux_weights=model.aux_weights)
+    assert crit.aux_weights == [1.0] * len(kwargs.get("aux_losses", (3, 4, 5)))
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = model.head[2].weight.detach().clone()
+    total, parts = crit(model(x), y)
+    assert set(parts) == {"out", *model.aux_names} and torch.isfinite(total)
+    total.backward()
+    opt.step()
+    assert not torch.equal(before, model.head[2].weight)
+
+
 def test_deploy_variant_has_no_aux():
-    model = create_model("atonet_r18", aux=False).train()
-    assert model.aux_names == ()
+    model = create_model("atonet_r18", aux_losses=()).train()
+    assert model.aux_names == () and model.aux_weights == ()
     out = model(torch.randn(2, 3, 64, 96))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 19, 64, 96)
 

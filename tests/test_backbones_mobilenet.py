@@ -133,8 +133,8 @@ def _torchvision_like_file(tmp_path, kind, **kw):
     [
         ("dualaspp_mobilenetv2", "v2", {}),
         ("deeplabv3plus_mobilenetv2", "v2", {}),
-        ("dualaspp_mobilenetv3_large", "large", {"reduced_tail": False}),
-        ("deeplabv3plus_mobilenetv3_small", "small", {"reduced_tail": False}),
+        ("dualaspp_mobilenetv3_large", "large", {}),
+        ("deeplabv3plus_mobilenetv3_small", "small", {}),
     ],
 )
 def test_pretrained_round_trip_through_create_model(tmp_path, model, kind, kwargs):
@@ -148,14 +148,16 @@ def test_pretrained_round_trip_through_create_model(tmp_path, model, kind, kwarg
 
 def test_reduced_tail_model_loads_reduced_tail_file(tmp_path):
     path, state = _torchvision_like_file(tmp_path, "small", reduced_tail=True)
-    m = lightseg.create_model("dualaspp_mobilenetv3_small", pretrained_backbone=str(path))
+    m = lightseg.create_model("dualaspp_mobilenetv3_small", reduced_tail=True, pretrained_backbone=str(path))
     assert torch.equal(m.backbone.state_dict()["features.11.block.3.0.weight"], state["features.11.block.3.0.weight"])
 
 
 def test_full_tail_file_into_reduced_tail_model_names_keys(tmp_path):
     path, _ = _torchvision_like_file(tmp_path, "large")
-    with pytest.raises(CheckpointError, match=r"shape mismatch.*features\.13\.block\.3\.0\.weight"):
-        lightseg.create_model("dualaspp_mobilenetv3_large", pretrained_backbone=str(path))
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*features\.13\.block\.3\.0\.weight.*reduced_tail=False"):
+        lightseg.create_model("dualaspp_mobilenetv3_large", reduced_tail=True, pretrained_backbone=str(path))
+    # The default (full tail) takes torchvision's file as it is.
+    lightseg.create_model("dualaspp_mobilenetv3_large", pretrained_backbone=str(path))
 
 
 def test_wrong_architecture_file_names_keys(tmp_path):

@@ -1,13 +1,16 @@
 """ShuffleNet V2 x1.0 backbone and the shufflenetv2_dpc / shufflenetv2_basic models."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lightseg.errors import CheckpointError, ConfigError
+from lightseg.errors import CheckpointError, ConfigError, LightsegError
 from lightseg.models import create_model
 from lightseg.models.backbones.shufflenetv2 import ShuffleNetV2
 from lightseg.profile import count_macs, count_params
+from lightseg.zoo import paper_rows
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_output_stride_16_dilation_switch():
     assert _depthwise(ShuffleNetV2(output_stride=8), "stage4") == [(1, (2, 2))] + [(1, (4, 4))] * 3
     m = create_model("shufflenetv2_dpc", stage4_dilation=1)
     assert _depthwise(m.backbone, "stage4") == [(1, (1, 1))] * 4
-    with pytest.raises(ConfigError, match="stage4_dilation"):
+    with pytest.raises(LightsegError, match="stage4_dilation"):
         create_model("shufflenetv2_dpc", stage4_dilation=3)
     with pytest.raises(ConfigError, match="output_stride"):
         ShuffleNetV2(output_stride=12)
@@ -183,3 +186,56 @@ def test_bad_input(dpc):
         dpc(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match="floating"):
         dpc(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+# ------------------------------------------------------------------ switches and the paper's tables
+def test_output_stride_8_doubles_dpc_rates():
+    # DeepLab (authors' model.py): conv_rate_multiplier = 16 // output_stride.
+    m = create_model("shufflenetv2_dpc", output_stride=8)
+    depthwise = [b[0][0] for b in m.head.branches]
+    assert [c.dilation for c in depthwise] == [(2, 12), (36, 30), (12, 6), (2, 2), (12, 42)]
+    assert [c.padding for c in depthwise] == [c.dilation for c in depthwise]
+    assert m.backbone.reductions == [4, 8, 8, 8]
+    m.eval()
+    with torch.no_grad():
+        assert m.forward_features(torch.randn(1, 3, 96, 128))[0].shape == (1, 19, 12, 16)
+    with pytest.raises(LightsegError, match="output stride 16"):
+        create_model("shufflenetv2_dpc", output_stride=32)
+    basic = create_model("shufflenetv2_basic", output_stride=32)  # no rates to scale
+    assert basic.backbone.reductions[-1] == 32
+
+
+def test_head_and_backbone_switches():
+    # Table 5: {ShuffleNet V2, MobileNet V2} x {basic, DPC}; one model name per head, both switchable.
+    assert type(create_model("shufflenetv2_dpc", head="basic").head).__name__ == "ASPP"
+    assert type(create_model("shufflenetv2_basic", head="dpc").head).__name__ == "DensePredictionCell"
+    m = create_model("shufflenetv2_dpc", backbone="mobilenetv2")
+    assert m.backbone.channels[-1] == 320 and m.backbone.output_stride == 16
+    assert m.head.branches[0][0][0].in_channels == 320
+    with pytest.raises(LightsegError, match="stage4_dilation"):
+        create_model("shufflenetv2_dpc", backbone="mobilenetv2", stage4_dilation=1)
+    with pytest.raises(LightsegError, match="head"):
+        create_model("shufflenetv2_dpc", head="aspp")
+    with pytest.raises(LightsegError, match="backbone"):
+        create_model("shufflenetv2_dpc", backbone="resnet18")
+
+
+def test_table5_rows():
+    """Table 5 at the phone's 224x224 input: GFLOPs (= 2 x MACs) and model size (fp32 bytes / 4 = params)."""
+    rows = paper_rows("shufflenetv2_dpc")
+    assert [r["label"] for r in rows] == ["ShuffleNet V2, basic", "ShuffleNet V2, DPC", "MobileNet V2, basic", "MobileNet V2, DPC"]
+    for r in rows:
+        assert r["input_size"] == [224, 224] and r["flops_per_mac"] == 2
+        assert abs(r["flops_delta"]) < 0.02 and abs(r["params_delta"]) < 0.02, r
+
+
+def test_recipe_slow_start_is_186_constant_steps():
+    from lightseg.config import load_config
+    from lightseg.engine.optim import IterationScheduler
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "shufflenetv2_dpc_cityscapes.yaml")
+    t = cfg["train"]
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=t["optimizer"]["lr"])
+    s = IterationScheduler(opt, t["scheduler"], t["optimizer"]["lr"], t["iters"])
+    poly = [1e-3 * (1 - i / 120000) ** 0.9 for i in (0, 185, 186)]
+    assert [s.lr_at(i) for i in (0, 185, 186)] == pytest.approx([poly[0] / 10, poly[1] / 10, poly[2]])

@@ -26,6 +26,9 @@ class ModelInfo:
     paper_macs: float | None = None
     paper_fps: float | None = None
     paper_hardware: str | None = None
+    # What the paper initialises the backbone from (e.g. "ImageNet ..."): training without
+    # ``pretrained_backbone`` then prints a warning. None: the paper trains from scratch.
+    paper_pretrained: str | None = None
     extra: dict = field(default_factory=dict)
 
 

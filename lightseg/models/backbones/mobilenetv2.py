@@ -93,6 +93,7 @@ class MobileNetV2Backbone(nn.Module):
         self._stage_ends = stage_ends
         self.channels = channels
         self.reductions = [min(r, output_stride) for r in (2, 4, 8, 16, 32)]
+        self.torchvision_name = "mobilenet_v2"
         self.pretrained_ignore = ("classifier.",) if include_last_conv else ("classifier.", "features.18.")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -171,6 +171,8 @@ class MobileNetV3Backbone(nn.Module):
         if not include_last_conv:
             ignore.append(f"features.{last_index}.")
         self.pretrained_ignore = tuple(ignore)
+        # torchvision publishes ImageNet weights for the full tail only.
+        self.torchvision_name = None if reduced_tail else f"mobilenet_v3_{arch}"
         # Fix for the usual mistake, for the checkpoint loader's error message.
         self.pretrained_hint = (
             "torchvision's ImageNet MobileNetV3 checkpoints have the full tail; build the model with reduced_tail=False to load them"

@@ -78,6 +78,7 @@ class ResNet18(nn.Module):
             self.reductions.append(stride_now)
             in_ch = out_ch
         self.output_stride = output_stride
+        self.torchvision_name = "resnet18" if tuple(layers) == (2, 2, 2, 2) else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -87,6 +87,8 @@ class ShuffleNetV2(nn.Module):
             self.reductions.append(stride_now)
             in_ch = out_ch
         self.output_stride = output_stride
+        default = tuple(stage_repeats) == (4, 8, 4) and tuple(stage_channels) == (24, 116, 232, 464)
+        self.torchvision_name = "shufflenet_v2_x1_0" if default else None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.conv1(x))
