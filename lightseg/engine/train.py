@@ -297,7 +297,7 @@ class Trainer:
         seed_everything(t["seed"])
 
         from ..data import build_dataset
-        from ..models import create_model
+        from ..models import create_model, model_info
 
         self.train_set = build_dataset(cfg["data"], cfg["data"]["train_split"], train=True)
         # train.val_interval 0 (--no-val): no validation set is needed, and none is read.
@@ -310,8 +310,15 @@ class Trainer:
                               f"has {self.train_set.num_classes} classes; set model.num_classes={self.train_set.num_classes}")
 
         torch.manual_seed(t["seed"])  # the same initial weights on every rank and every run
-        model = create_model(cfg["model"]["name"], num_classes=n_cls,
-                             pretrained_backbone=cfg["model"]["pretrained_backbone"], **(cfg["model"]["kwargs"] or {}))
+        # On resume the checkpoint replaces every weight: the ImageNet file is not needed (nor fetched).
+        pretrained = None if self.resume_ckpt is not None else cfg["model"]["pretrained_backbone"]
+        model = create_model(cfg["model"]["name"], num_classes=n_cls, pretrained_backbone=pretrained,
+                             **(cfg["model"]["kwargs"] or {}))
+        paper_init = model_info(cfg["model"]["name"]).paper_pretrained
+        if paper_init and cfg["model"]["pretrained_backbone"] is None and self.dist.is_main and self.resume_ckpt is None:
+            print(f"lightseg train: warning: {cfg['model']['name']}'s paper starts from {paper_init}; this run trains "
+                  f"the backbone from random weights (model.pretrained_backbone: null; 'imagenet' takes torchvision's)",
+                  file=sys.stderr)
         if self.dist.distributed and t["sync_bn"]:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
