@@ -187,8 +187,8 @@ def format_paper_rows(rows) -> str:
     for key in dict.fromkeys(r["paper"] for r in rows):
         t = tables[key]
         lines += [f"### {t.title}", "", f"FLOPs: {t.flops_note}", "",
-                  "| table | row | model (switches) | input | params paper | params ours | diff | FLOPs paper | FLOPs ours | diff |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| table | row | model (switches) | input | params paper | params ours | diff | FLOPs paper | FLOPs ours | diff | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["paper"] == key):
             unit = "M" if (r["paper_params"] or r["params"]) >= 1e6 else "K"
             switches = ", ".join(f"{k}={v}" for k, v in r["kwargs"].items())
@@ -197,7 +197,6 @@ def format_paper_rows(rows) -> str:
             lines.append(
                 f"| {r['table']} | {r['label']} | {model} | {h}x{w}, {r['num_classes']} cl. | "
                 f"{_count(r['paper_params'], unit)} | {_count(r['params'], unit)} | {_pct(r['params_delta'])} | "
-                f"{_count(r['paper_flops'], 'G')} | {_count(r['flops'], 'G')} | {_pct(r['flops_delta'])} |"
-                + (f" {r['note']}" if r["note"] else ""))
+                f"{_count(r['paper_flops'], 'G')} | {_count(r['flops'], 'G')} | {_pct(r['flops_delta'])} | {r['note']} |")
         lines.append("")
     return "\n".join(lines)
