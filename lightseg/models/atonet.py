@@ -185,7 +185,7 @@ class ATONet(SegmentationModel):
     paper_params=13.3e6,
     paper_macs=134.5e9,
     paper_fps=42.7,
-    paper_hardware="GTX 1080 Ti",
+    paper_hardware=None,  # our copy of the paper does not name the GPU behind its 42.7 FPS
     paper_pretrained="ImageNet ResNet-18 (authors' code: resnet18(pretrained=True))",
 )
 def atonet_r18(num_classes: int = 19, bins=(8, 4, 2), aux_losses=PAPER_AUX_LOSSES, up_kernel: int = 3,
