@@ -122,8 +122,10 @@ def create_model(name: str, num_classes: int | None = None, pretrained_backbone:
                  weights: str | None = None, **kwargs) -> nn.Module:
     """Build a registered model (``num_classes`` defaults to 19, Cityscapes).
 
-    ``pretrained_backbone``: path to a torchvision ImageNet checkpoint for the model's backbone
-    (e.g. ``resnet18-f37072fd.pth``); loaded with ``weights_only=True`` and strict key matching.
+    ``pretrained_backbone``: ``"imagenet"`` (torchvision's published checkpoint for the model's backbone,
+    from torch's hub cache, see :func:`lightseg.models.backbones.imagenet_state_dict`) or the path of a
+    torchvision ImageNet checkpoint (e.g. ``resnet18-f37072fd.pth``); loaded with ``weights_only=True``
+    and strict key matching.
     ``weights``: the name of trained weights shipped with lightseg (e.g. ``"camvid"``, see
     :mod:`lightseg.weights`): the network comes back trained, in eval mode, with ``classes``,
     ``palette`` and ``normalize`` attributes from the weights' manifest record.
