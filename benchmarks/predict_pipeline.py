@@ -1,7 +1,8 @@
 """Issue 14: is `lightseg predict` real time end to end? On a clip of CamVid val frames (360x480, made
 here with OpenCV in a temporary folder, never committed) it measures
 
-* the model alone: the Segmenter on the decoded frames, nothing else running (warm median ms/frame);
+* the model alone: the Segmenter on the decoded frames, nothing else running (warm median ms/frame),
+  with predict's settings (ONNX Runtime's idle threads sleep) and with ONNX Runtime's default (they spin);
 * `lightseg predict` on the clip: its pipelined run (reader, model and writer threads), which prints
   its own warm model median and its end-to-end frames/s;
 
@@ -57,22 +58,30 @@ def main():
                             "classes": list(CAMVID_CLASSES), "palette": [list(c) for c in CAMVID_PALETTE]}, tmp / "model.pt")
     rows = []
     for backend in backends:
-        seg = lightseg.Segmenter.from_checkpoint(ckpt, backend=backend, device="cpu")
-        for rgb in frames:
-            seg(rgb)
+        def model_alone(**kw):
+            seg = lightseg.Segmenter.from_checkpoint(ckpt, backend=backend, device="cpu", **kw)
+            for rgb in frames:
+                seg(rgb)
+            return seg
+
+        # predict's own settings (ONNX Runtime's idle threads sleep), and ONNX Runtime's default (they spin)
+        seg = model_alone(ort_spinning=False)
         alone = seg.timing()
+        spinning = model_alone().timing() if backend != "eager" else None
         t0 = time.perf_counter()
         summary = predict(None, ckpt, str(tmp / "clip.mp4"), output_dir=tmp / f"out_{backend}", backend=backend, device="cpu")
         wall = time.perf_counter() - t0
         row = {"backend": backend, "frames": summary["frames"],
                "model_alone_ms_median": alone["median_ms"], "model_alone_fps": alone["fps"],
                "predict_model_ms_median": summary["latency_ms_median"], "predict_model_fps": summary["fps"],
+               "model_alone_ort_spinning_ms_median": spinning["median_ms"] if spinning else None,
                "end_to_end_fps": summary["end_to_end_fps"], "wall_s_including_setup": round(wall, 2),
                "end_to_end_vs_model_alone": round(summary["end_to_end_fps"] / alone["fps"], 3),
                "end_to_end_vs_predict_model": round(summary["end_to_end_fps"] / summary["fps"], 3),
                "model_alone_ms_p10_p90": [round(v, 2) for v in statistics.quantiles(seg.latencies_ms[1:], n=10)[::8]]}
         rows.append(row)
-        print(f"{backend:18s} model alone {alone['median_ms']:6.1f} ms ({alone['fps']:5.1f} FPS); predict: model "
+        spin = f", {spinning['median_ms']:.1f} ms spinning" if spinning else ""
+        print(f"{backend:18s} model alone {alone['median_ms']:6.1f} ms ({alone['fps']:5.1f} FPS{spin}); predict: model "
               f"{summary['latency_ms_median']:6.1f} ms ({summary['fps']:5.1f} FPS), end to end {summary['end_to_end_fps']:5.1f} "
               f"frames/s = {100 * row['end_to_end_vs_model_alone']:.0f}% of model alone, "
               f"{100 * row['end_to_end_vs_predict_model']:.0f}% of predict's model rate")

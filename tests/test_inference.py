@@ -90,3 +90,14 @@ def test_check_mode_errors_and_default_stride():
         check_mode("slide", (64, 64), (80, 32))
     with pytest.raises(ConfigError, match="whole, slide"):
         check_mode("tiles")
+
+
+def test_argmax_classes_matches_torch_including_ties():
+    from lightseg.inference import argmax_classes
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 9)
+    x[0, 3, 2, 2] = x[0, 1, 2, 2] = 10.0  # a tie: the first maximum wins, as torch.argmax
+    got = argmax_classes(x)
+    assert got.dtype == torch.int64 and torch.equal(got, x.argmax(1)) and got[0, 2, 2] == 1
+    assert torch.equal(argmax_classes(x.contiguous(memory_format=torch.channels_last)), x.argmax(1))

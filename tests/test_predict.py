@@ -218,19 +218,25 @@ def test_video_frames_stay_in_order(trained, tmp_path):
 
 
 class FakeSegmenter:
-    """Labels = the frame's first pixel; each call sleeps a random time (the order must not depend on it)."""
+    """Labels = the frame's first pixel; each model call sleeps a random time (the order must not depend on it)."""
 
     def __init__(self, fail_at=None):
         self.calls, self.fail_at = [], fail_at
 
-    def predict_batch(self, frames):
+    def prepare(self, frames):
+        return torch.tensor([[float(f[0, 0, 0])] for f in frames])
+
+    def scores(self, x, out_size):
         import time
 
-        self.calls.append(len(frames))
-        if self.fail_at is not None and int(frames[0][0, 0, 0]) == self.fail_at:
+        self.calls.append(x.shape[0])
+        if self.fail_at is not None and int(x[0, 0]) == self.fail_at:
             raise LightsegError("model failed")
         time.sleep(np.random.default_rng(len(self.calls)).uniform(0, 0.01))
-        return [np.full(f.shape[:2], f[0, 0, 0], np.uint8) for f in frames]
+        return x.view(-1, 1, 1, 1).expand(-1, 1, *out_size)
+
+    def labels(self, scores):
+        return [s[0].numpy().astype(np.uint8) for s in scores]
 
 
 def test_run_pipeline_order_batches_and_errors():

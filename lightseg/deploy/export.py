@@ -83,9 +83,11 @@ def onnx_device(device="auto", int8=False) -> torch.device:
     return dev
 
 
-def ort_session(model_bytes_or_path, device="cpu", num_threads=None):
+def ort_session(model_bytes_or_path, device="cpu", num_threads=None, spinning=None):
     """An ONNX Runtime session with full graph optimisation; intra-op threads = ``num_threads`` or
-    PyTorch's thread count (one per core unless the user lowered it), so both backends get the same cores."""
+    PyTorch's thread count (one per core unless the user lowered it), so both backends get the same cores.
+    ``spinning=False``: idle intra-op threads sleep instead of spinning (ONNX Runtime's default), which
+    leaves the cores to other work, such as the reader and writer threads of lightseg predict."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -94,6 +96,8 @@ def ort_session(model_bytes_or_path, device="cpu", num_threads=None):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = ["CPUExecutionProvider"]
     if str(device).startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -53,12 +53,12 @@ class Runtime:
     ``calibration``, ``calibration_count``, ``normalize``, ``int8_mode``: int8 only; the calibration images (a
     folder, or ``None`` for synthetic scenes), how many, the normalisation the model was trained with, and the
     weight format (``None``: the one this CPU needs). ``self.int8_mode`` is the mode used (for an ``.onnx`` file:
-    the one recorded in it, if any).
+    the one recorded in it, if any). ``ort_spinning``: ONNX backends, see :func:`.export.ort_session`.
     """
 
     def __init__(self, model, backend="eager", device="cpu", input_size=None, dtype="float32",
                  channels_last=None, num_threads=None, max_sessions=4, calibration=None,
-                 calibration_count=None, normalize="imagenet", int8_mode=None):
+                 calibration_count=None, normalize="imagenet", int8_mode=None, ort_spinning=None):
         if backend not in BACKENDS:
             raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
         self.backend = backend
@@ -69,6 +69,7 @@ class Runtime:
         self.dtype = resolve_dtype(dtype)
         self.input_size = tuple(input_size) if input_size else None
         self.num_threads = num_threads
+        self.ort_spinning = ort_spinning
         self._sessions: OrderedDict = OrderedDict()
         self._max_sessions = max_sessions
         self.onnx_path = None
@@ -102,7 +103,7 @@ class Runtime:
             if self.onnx_path is not None:
                 from .quantize import mode_warning, model_int8_mode
 
-                session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads)
+                session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads, spinning=ort_spinning)
                 self._sessions[None] = session
                 self.int8_mode = model_int8_mode(session.get_modelmeta().custom_metadata_map)
                 warning = mode_warning(self.int8_mode) if self.device.type == "cpu" else None
@@ -141,7 +142,8 @@ class Runtime:
                 images = calibration_images(self.calibration, shape[2:], self.calibration_count or DEFAULT_CALIBRATION_COUNT,
                                             normalize=self.normalize)
                 data = quantize_onnx(data, images, batch=shape[0], mode=self.int8_mode)
-            self._sessions[key] = ort_session(data, device=self.device, num_threads=self.num_threads)
+            self._sessions[key] = ort_session(data, device=self.device, num_threads=self.num_threads,
+                                              spinning=self.ort_spinning)
             if len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(key)

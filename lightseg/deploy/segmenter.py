@@ -9,7 +9,7 @@
 
 Everything the model needs besides pixels (class names, palette, normalisation) comes from the
 checkpoint or the weights' manifest. It runs on the backends of :class:`.runtime.Runtime` (``eager``,
-``onnxruntime``, ``onnxruntime_int8``) and through :func:`lightseg.inference.predict_labels`, the
+``onnxruntime``, ``onnxruntime_int8``) and through :func:`lightseg.inference.predict_scores`, the
 function ``lightseg eval`` uses, so ``mode="slide"`` works here as it does there. ``lightseg predict``
 is a thin caller of this class.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import LightsegError
-from ..inference import check_mode, predict_labels
+from ..inference import argmax_classes, check_mode, predict_scores
 from .runtime import Runtime, checkpoint_normalization, load_model
 
 PREDICT_BACKENDS = ("eager", "onnxruntime", "onnxruntime_int8")
@@ -63,7 +63,9 @@ class Segmenter:
     (CUDA, then MPS, then CPU), cpu, cuda or mps; ``size``: (H, W) the image is resized to before the
     model (the labels come back at the image's size); ``mode``/``crop``/``stride``: whole-image or
     sliding-window inference (:mod:`lightseg.inference`); ``calibration``/``calibration_count``/``int8_mode``:
-    int8 calibration images (a folder; default the synthetic scenes) and weight format (default this CPU's).
+    int8 calibration images (a folder; default the synthetic scenes) and weight format (default this CPU's);
+    ``ort_spinning``: ONNX Runtime's idle threads spin (None: its default) or sleep (False: lightseg predict,
+    whose reader and writer threads need the cores).
 
     ``latencies_ms`` holds the model time of every call (per image; a batch's time is split evenly);
     :meth:`timing` summarises them without the first call, which pays one-off costs.
@@ -71,7 +73,7 @@ class Segmenter:
 
     def __init__(self, model, classes=None, palette=None, normalize=None, backend="eager", device="auto", size=None,
                  mode="whole", crop=None, stride=None, calibration=None, calibration_count=None, int8_mode=None,
-                 num_threads=None):
+                 num_threads=None, ort_spinning=None):
         from ..data.base import NORMALIZATIONS
         from ..viz import palette_for
 
@@ -100,11 +102,12 @@ class Segmenter:
         if self.normalize not in NORMALIZATIONS:
             raise LightsegError(f"normalize {self.normalize!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[self.normalize]
-        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        self._mean = [np.float32(m) for m in mean]
+        self._inv_std = [np.float32(1.0 / s) for s in std]
         self.backend = backend
         self.runtime = Runtime(model, backend=backend, device=device, input_size=size, calibration=calibration,
                                calibration_count=calibration_count, normalize=self.normalize, int8_mode=int8_mode,
-                               num_threads=num_threads)
+                               num_threads=num_threads, ort_spinning=ort_spinning)
         self.device = self.runtime.device
         self._runner = _TimedRunner(self.runtime)
         self.latencies_ms: list[float] = []
@@ -128,27 +131,45 @@ class Segmenter:
         return cls(create_model(name, weights=weights), **kwargs)
 
     # ------------------------------------------------------------------ inference
-    def _to_tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+    # Three stages, which lightseg predict runs in three threads: prepare (resize, normalise), scores (the
+    # model) and labels (argmax, back to uint8). predict_batch runs them one after another.
+    def prepare(self, images) -> torch.Tensor:
+        """Same-size RGB uint8 images -> the normalised (N, 3, H, W) float batch the model takes (resized
+        to ``size`` when given). Channel by channel in numpy: a fraction of the time torch's broadcast takes."""
+        images = [_check_rgb(img) for img in images]
+        if any(img.shape != images[0].shape for img in images):
+            raise LightsegError("a batch needs images of one size; call the Segmenter on a list to group them")
         if self.size is not None:
             images = [img if img.shape[:2] == self.size else
                       cv2.resize(img, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR) for img in images]
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
+        h, w = images[0].shape[:2]
+        x = np.empty((len(images), 3, h, w), np.float32)
+        for i, img in enumerate(images):
+            for c in range(3):
+                x[i, c] = (img[:, :, c].astype(np.float32) - self._mean[c]) * self._inv_std[c]
+        return torch.from_numpy(x)
+
+    def scores(self, x: torch.Tensor, out_size) -> torch.Tensor:
+        """The model on a prepared batch: scores (N, C, *out_size) whose argmax is the label map
+        (:func:`lightseg.inference.predict_scores`, the function lightseg eval uses). Its model time is
+        appended to ``latencies_ms``, split evenly over the batch."""
+        self._runner.elapsed_ms = 0.0
+        out = predict_scores(self._runner, x, tuple(out_size), mode=self.mode, crop=self.crop, stride=self.stride)
+        self.latencies_ms.extend([self._runner.elapsed_ms / x.shape[0]] * x.shape[0])
+        return out
+
+    def labels(self, scores: torch.Tensor) -> list[np.ndarray]:
+        """Scores -> one (H, W) uint8 label map per image (uint16 beyond 256 classes)."""
+        labels = argmax_classes(scores.cpu()).numpy()
+        return list(labels.astype(np.uint8 if self.num_classes is None or self.num_classes <= 256 else np.uint16))
 
     def predict_batch(self, images) -> list[np.ndarray]:
         """Label maps of a list of same-size RGB uint8 images, run as one batch."""
-        images = [_check_rgb(img) for img in images]
+        images = list(images)
         if not images:
             return []
-        h, w = images[0].shape[:2]
-        if any(img.shape[:2] != (h, w) for img in images):
-            raise LightsegError("predict_batch needs images of one size; call the Segmenter on a list to group them")
-        x = self._to_tensor(images)
-        self._runner.elapsed_ms = 0.0
-        labels = predict_labels(self._runner, x, (h, w), mode=self.mode, crop=self.crop, stride=self.stride)
-        self.latencies_ms.extend([self._runner.elapsed_ms / len(images)] * len(images))
-        labels = labels.cpu().numpy()
-        return list(labels.astype(np.uint8 if self.num_classes is None or self.num_classes <= 256 else np.uint16))
+        x = self.prepare(images)
+        return self.labels(self.scores(x, _check_rgb(images[0]).shape[:2]))
 
     def __call__(self, image, batch_size: int = 8):
         """One image -> its label map; a list of images -> a list of label maps (same-size runs batched)."""
