@@ -177,3 +177,18 @@ def test_wheel_carries_recipes_and_weights_and_works_without_the_checkout(tmp_pa
                           "--input", "street.png", "--output", "out"], cwd=work, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert (work / "out" / "street_overlay.png").is_file()
+
+
+def test_eval_with_shipped_weights(shipped, tmp_path, capsys):
+    """`lightseg eval RECIPE --weights camvid`: how a manifest's val mIoU is reproduced."""
+    from test_train import make_camvid_like
+
+    data = make_camvid_like(tmp_path / "data", n_train=1, n_val=2)
+    argv = ["eval", "mininet_95k_camvid", "--weights", "camvid", "--data-root", str(data), "--device", "cpu", "--json",
+            "--set", f"output_dir={tmp_path / 'run'}", "data.num_workers=0"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checkpoint"] == f"{MODEL} weights 'camvid'" and report["num_images"] == 2
+    assert json.loads((tmp_path / "run" / "weights_camvid" / "metrics.json").read_text()) == report
+    assert main(argv[:4] + ["--checkpoint", "x.pt"] + argv[4:]) == 2  # one or the other
+    assert "--checkpoint CKPT" in capsys.readouterr().err
