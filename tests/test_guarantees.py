@@ -248,18 +248,30 @@ def test_fault_at_validation_time_saves_first_and_resumes_exactly(tmp_path, caps
 
 
 # ---------------------------------------------------------------- 5: a failed resume leaves the log whole
-def test_failed_resume_from_an_earlier_checkpoint_keeps_the_log(base, tmp_path, capsys):
+def test_failed_resume_from_an_earlier_checkpoint_keeps_the_log(base, tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(base / "data", data)
     recipe = tiny_recipe(tmp_path, data, iters=4)
     run_dir = tmp_path / "run"
-    assert main(["train", str(recipe)]) == 0
-    early = run_dir / "early.pt"  # e.g. best.pt of an earlier validation
-    save_checkpoint({**load_checkpoint(run_dir / "last.pt"), "iteration": 2}, early)
+    early = run_dir / "early.pt"  # e.g. best.pt of an earlier validation: the state saved at iteration 2
+    import lightseg.engine.train as engine
+
+    real_save = engine.save_checkpoint
+
+    def keep_iteration_2(state, path):
+        out = real_save(state, path)
+        if state["iteration"] == 2:
+            shutil.copy(path, early)
+        return out
+
+    monkeypatch.setattr(engine, "save_checkpoint", keep_iteration_2)
+    assert main(["train", str(recipe), "--set", "train.ckpt_interval=2"]) == 0
+    monkeypatch.undo()
+    assert load_checkpoint(early)["iteration"] == 2
     _truncate(data / "train" / "s000.png")
     capsys.readouterr()
     before = _snapshot(run_dir)
-    code, err = _cli_exit(["train", str(recipe), "--resume", str(early)], capsys)
+    code, err = _cli_exit(["train", "--resume", str(early)], capsys)
     assert code == 2 and "s000.png" in err
     assert _snapshot(run_dir) == before  # log.jsonl still holds iterations 3 and 4
 
