@@ -128,7 +128,7 @@ def test_constant_warmup_resumes_exactly_across_its_end(tmp_path):
     ref_dir = Trainer(load_config(tiny_recipe(tmp_path / "a", data, iters=10, extra=sched))).fit()
     stopped = Trainer(load_config(tiny_recipe(tmp_path / "b", data, iters=4, extra=sched))).fit()
     resumed = Trainer(load_config(tiny_recipe(tmp_path / "b", data, iters=4, extra=sched), ["train.iters=10"]),
-                      resume=str(stopped)).fit()
+                      resume=str(stopped), force_override=True).fit()  # more iterations: the user's explicit choice
 
     def lrs(run):
         return [r["lr"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
