@@ -210,6 +210,21 @@ def read_log(path) -> list:
     return records
 
 
+def _cumulative_time(records: list[dict]) -> list[dict]:
+    """Copies of ``records`` whose ``time`` counts on across resumes: a resumed run's clock starts at 0
+    again, so where the time falls back, the previous segment's last time is added to what follows."""
+    out, offset, last = [], 0.0, None
+    for r in records:
+        t = r.get("time")
+        if isinstance(t, (int, float)):
+            if last is not None and t < last:
+                offset += last
+            last = t
+            r = {**r, "time": t + offset}
+        out.append(r)
+    return out
+
+
 def plot_run(run_dir, output=None) -> Path:
     """Plot loss, learning rate and val mIoU of a run against iteration (and time, when logged).
 
@@ -217,7 +232,7 @@ def plot_run(run_dir, output=None) -> Path:
     """
     run_dir = Path(run_dir)
     log = run_dir / "log.jsonl"
-    records = read_log(log)
+    records = _cumulative_time(read_log(log))
     train = [r for r in records if r.get("kind") == "train" and "iter" in r]
     val = [r for r in records if r.get("kind") == "val" and "iter" in r]
     if not train and not val:

@@ -143,3 +143,13 @@ def test_plot_run_errors(tmp_path, capsys):
         viz.plot_run(tmp_path / "bad")
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert "log.jsonl" in capsys.readouterr().err
+
+
+def test_time_counts_on_across_resumes():
+    from lightseg.viz import _cumulative_time
+
+    log = [{"kind": "train", "iter": 10, "time": 5.0}, {"kind": "val", "iter": 10, "time": 7.0},
+           {"kind": "train", "iter": 20, "time": 2.0},  # resumed: the clock started again
+           {"kind": "train", "iter": 30, "time": 4.0}, {"kind": "train", "iter": 40, "time": 1.0}]
+    assert [r["time"] for r in _cumulative_time(log)] == [5.0, 7.0, 9.0, 11.0, 12.0]
+    assert log[2]["time"] == 2.0  # the records read are not changed
