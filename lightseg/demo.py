@@ -34,7 +34,7 @@ def _write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
-def run_demo(out="runs/demo", data=None, iters=None, size=(180, 240), n_train=300, n_val=60, n_predict=6) -> dict:
+def run_demo(out="runs/demo", data=None, iters=None, size=(120, 160), n_train=300, n_val=60, n_predict=6) -> dict:
     from .config import load_config
     from .data import build_dataset
     from .data.synthetic import generate_synthetic
