@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/omp_wait_policy.py            # -> benchmarks/results/omp_wait_policy.json
 
 Each measurement is a fresh process (the policy is read when libgomp loads) training mininet_95k as
-`make demo` does (batch 8 at 180x240, Adam, cross-entropy, 2 threads) for ``--iters`` steps after 3
+`make demo` does (batch 8 at 120x160, Adam, cross-entropy, 2 threads) for ``--iters`` steps after 3
 warm-up steps. Policies: libgomp's default (spin ~300k iterations before sleeping), PASSIVE (sleep at
 once; lightseg's default since issue 12 when the user sets none) and a short spin (GOMP_SPINCOUNT=10000).
 The competitor is one process busy on one core (a pure-Python loop), as another user's job would be.
@@ -28,8 +28,8 @@ iters = int(sys.argv[1])
 torch.manual_seed(0)
 model = lightseg.create_model("mininet_95k", num_classes=11).train()
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-x = torch.randn(8, 3, 180, 240)
-y = torch.randint(0, 11, (8, 180, 240))
+x = torch.randn(8, 3, 120, 160)
+y = torch.randint(0, 11, (8, 120, 160))
 def step():
     out = model(x)
     out = out["out"] if isinstance(out, dict) else out
