@@ -147,8 +147,9 @@ def _not_a_checkpoint(path: Path) -> str | None:
         return None
     # ONNX: a protobuf ModelProto, field 1 (ir_version) first, then the producer ("pytorch", ...)
     if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"\x12" in head[:4]):
-        return ("is an ONNX model, not a PyTorch checkpoint; run it with --backend onnxruntime "
-                "(lightseg predict --checkpoint model.onnx --backend onnxruntime), or pass the .pt it was exported from")
+        # An .onnx file holds no class names, palette or normalisation, so lightseg runs the .pt it came from.
+        return ("is an ONNX model, not a PyTorch checkpoint; pass the .pt it was exported from, and add "
+                "--backend onnxruntime to run that through ONNX Runtime")
     if not head:
         return "is empty; pass a .pt file written by lightseg train or torch.save"
     return (f"is not a PyTorch checkpoint (it starts with bytes {head[:4]!r}, not a torch.save archive); "
