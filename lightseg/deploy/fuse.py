@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ..errors import LightsegError
+
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -255,11 +257,17 @@ def prepare_for_inference(model: nn.Module, input_size=(64, 64), for_onnx: bool 
     p = next(original.parameters(), None)
     if p is not None:
         example = example.to(device=p.device, dtype=p.dtype)
+    with torch.no_grad():
+        ref = original(example)
+    ref = ref["out"] if isinstance(ref, dict) else ref
+    if not bool(torch.isfinite(ref.float()).all()):  # a broken model, not a broken rewrite: say so
+        raise LightsegError(f"{type(model).__name__}'s output is NaN or infinite on a random input, so its labels "
+                            "would be meaningless: its weights are not finite (a diverged training?); check them with "
+                            "torch.isfinite(p).all() for p in model.parameters(), or load another checkpoint")
     prepared = fuse_conv_bn(original, example=example)
     reparameterize_model(prepared, example=example, prelu_as_conv=for_onnx, static_shape=static_shape)
     with torch.no_grad():
-        ref, out = original(example), prepared(example)
-    ref = ref["out"] if isinstance(ref, dict) else ref
+        out = prepared(example)
     diff = _max_output_diff(out, ref)
     if not diff <= 1e-4 * (ref.float().abs().max().item() + 1.0):
         raise RuntimeError(f"inference rewrites changed the output of {type(model).__name__} "

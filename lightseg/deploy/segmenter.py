@@ -38,6 +38,10 @@ def _check_rgb(image) -> np.ndarray:
     return image
 
 
+class NonFiniteOutput(LightsegError):
+    """The model's scores hold NaN or infinity where the label is taken: the label map would be garbage."""
+
+
 class _TimedRunner:
     """Calls the runtime and adds each call's wall time to ``elapsed_ms`` (slide mode calls it per window)."""
 
@@ -159,8 +163,19 @@ class Segmenter:
         return out
 
     def labels(self, scores: torch.Tensor) -> list[np.ndarray]:
-        """Scores -> one (H, W) uint8 label map per image (uint16 beyond 256 classes)."""
-        labels = argmax_classes(scores.cpu()).numpy()
+        """Scores -> one (H, W) uint8 label map per image (uint16 beyond 256 classes). Raises
+        :class:`NonFiniteOutput` when a winning score is NaN or infinite: argmax would silently answer
+        class 0 (or any class) for those pixels."""
+        scores = scores.cpu()
+        labels = argmax_classes(scores)
+        # argmax picks a NaN over any number, so checking the winners (H*W values, not C*H*W) finds every NaN.
+        top = scores.gather(1, labels.unsqueeze(1))
+        if not bool(torch.isfinite(top).all()):
+            bad = int((~torch.isfinite(top)).sum())
+            raise NonFiniteOutput(f"the model's output is NaN or infinite at {bad} of {top.numel()} pixels, so its labels "
+                                  "would be meaningless; the model's weights or its arithmetic are not finite (a diverged "
+                                  "training, or float16 overflow): use another checkpoint (e.g. best.pt) or run in float32")
+        labels = labels.numpy()
         return list(labels.astype(np.uint8 if self.num_classes is None or self.num_classes <= 256 else np.uint16))
 
     def predict_batch(self, images) -> list[np.ndarray]:
