@@ -572,3 +572,226 @@ def test_kill_9_during_a_save_leaves_last_pt_and_the_next_start_cleans_up(run, t
     assert main(["train", "--resume", str(run_dir), "--set", "train.iters=8", "--force-override"]) == 0
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name.endswith(".lock")]
     assert load_checkpoint(run_dir / "last.pt")["iteration"] == 8
+
+
+# ---------------------------------------------------------------- predict: 8 names, 9 videos, 10 NaN, sizes, paths
+def _predict(base, inp, out, *extra, checkpoint=None):
+    return ["predict", "--checkpoint", str(checkpoint or base / "run" / "last.pt"), "--input", str(inp),
+            "--output", str(out), *extra]
+
+
+def _run_predict(argv, capsys) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `lightseg ARGV` (stdout holds the count of files written)."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def _earlier_output(out: Path) -> dict:
+    """An output folder that already holds a file from an earlier run: it must stay as it was."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "earlier_label.png").write_bytes(b"an earlier run's result")
+    return _snapshot(out)
+
+
+def test_predict_output_names_are_unique_and_the_count_is_true(base, tmp_path, capsys):
+    """a.png, a.PNG and a.jpg in one folder: the old code wrote a_png_* twice (9 files on disk, 12 reported)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ["a.png", "a.PNG", "a.jpg", "b.png"]
+    for i, name in enumerate(names):
+        _write_image(folder / name, seed=i)
+    out = tmp_path / "out"
+    before = _earlier_output(out)
+    code, stdout, err = _run_predict(_predict(base, folder, out, "--batch", "2"), capsys)
+    assert code == 0 and f"wrote {3 * len(names)} file(s) to {out}" in stdout
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 3 * len(names) + 1 and len({n.lower() for n in written}) == len(written)
+    assert {k: v for k, v in _snapshot(out).items() if k in before} == before
+    for name in ("a.PNG", "a.jpg", "a.png"):
+        assert name in err  # the note says which outputs got longer names
+    # each output belongs to its own image: the overlays differ, as the inputs do
+    overlays = [p for p in out.iterdir() if p.name.endswith("_overlay.png") and p.name.startswith("a_")]
+    assert len(overlays) == 3 and len({p.read_bytes() for p in overlays}) == 3
+
+
+def test_predict_prints_the_true_count(base, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(["a.png", "a.PNG", "A.png"]):
+        _write_image(folder / name, seed=i)
+    out = tmp_path / "out"
+    code, stdout, _ = _run_predict(_predict(base, folder, out), capsys)
+    assert code == 0 and f"wrote 9 file(s) to {out}" in stdout and len(list(out.iterdir())) == 9
+
+
+def test_output_stems_unique_across_folders_and_case():
+    from lightseg.deploy.predict import _output_stems
+
+    files = [Path(p) for p in ("x/a.png", "y/a.png", "x/a.PNG", "x/a_png.jpg", "x/A.jpg", "x/b.png")]
+    stems = _output_stems(files)
+    assert len({s.lower() for s in stems}) == len(files)
+    assert stems[-1] == "b"  # a name nobody shares is kept as it is
+
+
+def _video(path, frames=20, size=64):
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (size, size))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    writer.release()
+    assert path.stat().st_size > 0
+
+
+def _frames_in(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def test_truncated_video_warns_with_frames_read_and_declared(base, tmp_path, capsys):
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    _video(whole)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # an interrupted copy: the index is lost
+    read = _frames_in(cut)
+    assert 0 < read < 20
+    out = tmp_path / "out"
+    code, err = _cli_exit(_predict(base, whole, out), capsys)
+    assert code == 0 and "truncated" not in err
+    code, err = _cli_exit(_predict(base, cut, out), capsys)
+    assert code == 0 and f"{cut}: read {read} of the 20 frames" in err and "truncated" in err
+    assert _frames_in(out / "cut_overlay.mp4") == read
+    assert _frames_in(out / "whole_overlay.mp4") == 20  # the first run's video is still there
+    # --max-frames below what the file holds is not a truncation
+    code, err = _cli_exit(_predict(base, whole, tmp_path / "out2", "--max-frames", "5"), capsys)
+    assert code == 0 and "truncated" not in err
+
+
+class _NaNOnWhite(torch.nn.Module):
+    """A model whose output is NaN where the input pixel is pure white (an overflow that only some inputs
+    reach): finite on the random probe the Segmenter checks at construction, NaN on such an image."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        white = (x.amin(1, keepdim=True) > 2.2).expand_as(y)  # imagenet-normalised 255 is 2.25 to 2.64
+        return torch.where(white, torch.full_like(y, float("nan")), y)
+
+
+def test_nan_output_is_an_error_not_class_0(base, tmp_path, capsys, monkeypatch):
+    from lightseg.deploy.segmenter import NonFiniteOutput
+
+    rgb = np.random.default_rng(0).integers(0, 200, (64, 64, 3), dtype=np.uint8)
+    seg = lightseg.Segmenter(_NaNOnWhite(), device="cpu")
+    assert seg(rgb).shape == (64, 64)
+    rgb[5, 7] = 255
+    with pytest.raises(NonFiniteOutput, match="NaN or infinite at 1 of 4096 pixels"):
+        seg(rgb)  # the old code labelled that pixel class 0
+    diverged = lightseg.create_model("mininet_95k", num_classes=11)  # not through a checkpoint: load refuses those
+    with torch.no_grad():
+        diverged.classifier.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(lightseg.errors.LightsegError, match="NaN or infinite on a random input") as e:
+        lightseg.Segmenter(diverged, device="cpu")  # refused at once (it said "report this as a bug")
+    assert "report" not in str(e.value)
+    # lightseg predict: exit 2 naming the image, nothing written over
+    import lightseg.deploy.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "build_segmenter", lambda *a, **k: seg)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    before = _earlier_output(out)
+    code, err = _cli_exit(_predict(base, img, out), capsys)
+    assert code == 2 and f"{img}: the model's output is NaN" in err
+    assert _snapshot(out) == before
+
+
+def test_predict_output_that_is_a_file(base, tmp_path, capsys):
+    img = tmp_path / "a.png"
+    _write_image(img)
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    code, err = _cli_exit(_predict(base, img, target, checkpoint=tmp_path / "missing.pt"), capsys)
+    assert code == 2 and str(target) in err and "is a file" in err  # before the checkpoint is even looked at
+    assert target.read_text() == "keep me"
+
+
+def test_predict_skips_an_image_under_64px_naming_it(base, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _write_image(folder / "good.png")
+    _write_image(folder / "tiny.png", h=40, w=48)
+    out = tmp_path / "out"
+    before = _earlier_output(out)
+    code, stdout, err = _run_predict(_predict(base, folder, out), capsys)
+    assert code == 0 and f"{folder / 'tiny.png'}: 40x48" in err and "skipped" in err and "--size" in err
+    assert "segmented 1 image(s) (skipped 1 too small" in stdout and f"wrote 3 file(s) to {out}" in stdout
+    assert sorted(p.name for p in out.iterdir() if p.name not in before) == [
+        "good_color.png", "good_label.png", "good_overlay.png"]
+    # the only image too small: exit 2 naming it, nothing created
+    code, err = _cli_exit(_predict(base, folder / "tiny.png", tmp_path / "out2"), capsys)
+    assert code == 2 and str(folder / "tiny.png") in err and "--size" in err
+    assert not (tmp_path / "out2").exists()
+    # --size resizes it to the model: then it is segmented
+    code, err = _cli_exit(_predict(base, folder / "tiny.png", tmp_path / "out3", "--size", "64", "64"), capsys)
+    assert code == 0 and (tmp_path / "out3" / "tiny_label.png").is_file()
+    assert cv2.imread(str(tmp_path / "out3" / "tiny_label.png"), cv2.IMREAD_UNCHANGED).shape == (40, 48)
+
+
+def test_predict_refuses_an_image_too_large_for_memory_before_any_work(base, tmp_path, capsys, monkeypatch):
+    import lightseg.deploy.predict as predict_module
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _write_image(folder / "a.png")
+    huge = folder / "z_huge.jpg"  # after a.png: refused before a.png is segmented, not after
+    assert cv2.imwrite(str(huge), np.zeros((10000, 10000, 3), np.uint8))
+    out = tmp_path / "out"
+    # the machine's free memory varies: fix it, so the test means the same everywhere
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 16 * 1024 ** 3)
+    code, err = _cli_exit(_predict(base, folder, out), capsys)
+    assert code == 2 and f"{huge}: 10000x10000" in err and "16.0 GB is available" in err
+    assert "--mode slide --crop 1024 1024" in err
+    assert not out.exists()
+    monkeypatch.setattr(predict_module, "available_memory", lambda: 4 * 1024 ** 3)
+    code, err = _cli_exit(_predict(base, folder, out), capsys)
+    assert code == 2 and str(huge) in err and "--mode slide would still need" in err and "--size H W" in err
+    assert not out.exists()
+    # the estimate grows with the image and shrinks with sliding windows
+    est = predict_module.estimate_memory
+    assert est(2000, 2000, 11) < est(4000, 4000, 11)
+    assert est(10000, 10000, 11, "slide", (1024, 1024)) < est(10000, 10000, 11)
+
+
+def test_predict_onnx_file_is_named_not_a_pytorch_checkpoint(base, tmp_path, capsys):
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(base / "run" / "last.pt"), "--size", "64", "64", "-o", str(onnx)]) == 0
+    img = tmp_path / "a.png"
+    _write_image(img)
+    for extra in ([], ["--backend", "onnxruntime"]):
+        code, err = _cli_exit(_predict(base, img, tmp_path / "out", *extra, checkpoint=onnx), capsys)
+        assert code == 2 and str(onnx) in err and "not a PyTorch checkpoint" in err and "--backend onnxruntime" in err
+        assert "unpickling" not in err and "lightseg predict --checkpoint model.onnx" not in err  # no advice that fails
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_loads_a_ddp_checkpoint(base, tmp_path, capsys):
+    ckpt = load_checkpoint(base / "run" / "last.pt")
+    ddp = tmp_path / "ddp.pt"
+    torch.save({**ckpt, "model": {f"module.{k}": v for k, v in ckpt["model"].items()}}, ddp)
+    bare = tmp_path / "bare.pt"
+    torch.save({f"module.{k}": v for k, v in ckpt["model"].items()}, bare)  # torch.save(ddp_model.state_dict())
+    img = tmp_path / "a.png"
+    _write_image(img)
+    assert main(_predict(base, img, tmp_path / "ref")) == 0
+    assert main(_predict(base, img, tmp_path / "ddp", checkpoint=ddp)) == 0
+    assert main(_predict(base, img, tmp_path / "bare", "--model", "mininet_95k", checkpoint=bare)) == 0
+    ref = (tmp_path / "ref" / "a_label.png").read_bytes()
+    assert (tmp_path / "ddp" / "a_label.png").read_bytes() == ref == (tmp_path / "bare" / "a_label.png").read_bytes()

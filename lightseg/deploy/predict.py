@@ -7,7 +7,10 @@ Per image: ``<stem>_label.png`` (class indices), ``<stem>_color.png`` (palette c
 ``<stem>_overlay.png`` (colours blended over the image, legend of the classes present). Per video,
 camera or stream: ``<name>_overlay.mp4`` (mp4v), each frame blended, with a legend and the measured
 frame rate drawn on it; ``--show`` also shows it in a window. Existing files in the output folder are
-kept; only these names are (re)written, and a video appears under its name only once complete.
+kept; only these names are (re)written, and a video appears under its name only once complete. Images
+that share a stem (a.png, a.PNG) keep their extension in it (:func:`_output_stems`); images under the
+models' minimum size are skipped with a warning, and one too large for the free memory is refused, both
+before any work (:func:`_check_images`).
 
 Real time means end to end, so the stages run in their own threads, joined by small bounded queues:
 a reader (decode), the model, and the writer (overlay, legend, encode, display) in the main thread.
@@ -32,6 +35,7 @@ import torch
 
 from ..checkpoint import new_file_mode
 from ..errors import LightsegError
+from ..outputs import check_output_dir
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OVERLAY_ALPHA = 0.5
@@ -211,7 +215,11 @@ def run_pipeline(frames, segmenter, consume, batch_size=1, queue_size=QUEUE_SIZE
             if isinstance(item, _Failure):
                 raise item.error
             key, rgb, scores = item
-            consume(key, rgb, segmenter.labels(scores)[0])
+            try:
+                label = segmenter.labels(scores)[0]
+            except LightsegError as e:  # NaN scores: name the image or frame they came from
+                raise type(e)(f"{f'frame {key}' if isinstance(key, int) else key}: {e}") from None
+            consume(key, rgb, label)
             count += 1
     finally:
         stop.set()
@@ -260,10 +268,107 @@ def _progress(total, unit):
 
 # ---------------------------------------------------------------------- images
 def _output_stems(files):
-    """``<stem>`` per file; files sharing a stem (a.png, a.jpg) keep their extension to stay apart."""
-    stems = [f.stem for f in files]
-    dup = {s for s in stems if stems.count(s) > 1}
-    return [f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.stem in dup else f.stem for f in files]
+    """``<stem>`` per file, unique: files sharing a stem (a.png, a.PNG, a.jpg, or one name in two folders of a
+    glob) keep their extension as written (a_png, a_PNG, a_jpg), then a number while still taken. Names are
+    compared ignoring case, so they stay apart on case-insensitive file systems (macOS, Windows) too."""
+    from collections import Counter
+
+    shared = Counter(f.stem.lower() for f in files)
+    stems = [f.stem if shared[f.stem.lower()] == 1 else None for f in files]
+    taken = {s.lower() for s in stems if s is not None}
+    for i, f in enumerate(files):
+        if stems[i] is None:
+            base = name = f"{f.stem}_{f.suffix.lstrip('.')}"
+            n = 2
+            while name.lower() in taken:
+                name, n = f"{base}_{n}", n + 1
+            stems[i] = name
+            taken.add(name.lower())
+    return stems
+
+
+def _check_images(files, segmenter):
+    """Before any work, from the file headers: images under the models' minimum size are left out with a
+    warning naming them (one small image does not stop a folder); one too large for this machine's memory
+    stops the run, naming it and what to do. Returns (images to segment, images skipped)."""
+    import warnings
+
+    from ..data.base import image_size
+    from ..models.base import MIN_SIZE
+
+    kept, small = [], []
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: the size is what we check
+                h, w = image_size(f)
+        except Exception:  # noqa: BLE001 - unreadable headers are reported by the reader, which names the file
+            kept.append(f)
+            continue
+        if segmenter.size is None and min(h, w) < MIN_SIZE:
+            small.append(f)
+            print(f"warning: {f}: {h}x{w} is under the models' minimum input of {MIN_SIZE}x{MIN_SIZE}; skipped "
+                  f"(pass --size H W to resize every image to the model instead)", file=sys.stderr)
+            continue
+        _check_memory(f, h, w, segmenter)
+        kept.append(f)
+    if not kept:
+        raise LightsegError(f"no image to segment: {', '.join(map(str, small))} "
+                            f"{'is' if len(small) == 1 else 'are'} under {MIN_SIZE}x{MIN_SIZE}; pass --size H W to resize "
+                            "them to the model")
+    return kept, small
+
+
+# Peak memory of one image: (12 + 8 C) bytes per pixel at the image's size (the float input, the scores of C
+# classes and their copy), plus (WHOLE_BYTES_PER_PIXEL + 4 C) per pixel the model sees (activations): 440 B/px
+# at 19 classes, above the 238-380 B/px measured (peak RSS, eager, CPU) for the five model families at 1024x1024.
+# Slide mode keeps the input, the summed scores and the label map at full size; the model sees one window.
+WHOLE_BYTES_PER_PIXEL = 200
+SLIDE_BYTES_PER_PIXEL = 64
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory(h, w, num_classes, mode="whole", crop=None, size=None) -> int:
+    """Rough peak bytes to segment one h x w image (see ``WHOLE_BYTES_PER_PIXEL``)."""
+    classes = num_classes or 19
+    pixels = h * w
+    model_pixels = size[0] * size[1] if size else pixels
+    if mode == "slide":
+        window = min(model_pixels, crop[0] * crop[1])
+        return pixels * (SLIDE_BYTES_PER_PIXEL + 8 * classes) + window * (WHOLE_BYTES_PER_PIXEL + 4 * classes)
+    return pixels * (12 + 8 * classes) + model_pixels * (WHOLE_BYTES_PER_PIXEL + 4 * classes)
+
+
+def _check_memory(path, h, w, segmenter):
+    available = available_memory()
+    if available is None:
+        return
+    need = estimate_memory(h, w, segmenter.num_classes, segmenter.mode, segmenter.crop, segmenter.size)
+    if need <= available:
+        return
+    gb = 1024 ** 3
+    smaller = "--size H W to segment it at a lower resolution, or cut it into tiles first"
+    hint = f"pass {smaller}"
+    if segmenter.mode == "whole":
+        slide = estimate_memory(h, w, segmenter.num_classes, "slide", (1024, 1024))
+        hint = (f"pass --mode slide --crop 1024 1024 (sliding windows: about {slide / gb:.1f} GB), or {smaller}"
+                if slide <= available else f"--mode slide would still need about {slide / gb:.1f} GB; {hint}")
+    raise LightsegError(f"{path}: {h}x{w} ({h * w / 1e6:.0f} Mpx) would need about {need / gb:.1f} GB of memory to "
+                        f"segment ({segmenter.mode} mode), and {available / gb:.1f} GB is available; {hint}")
 
 
 def _predict_images(segmenter, files, out_dir, batch_size, rate):
@@ -271,6 +376,10 @@ def _predict_images(segmenter, files, out_dir, batch_size, rate):
     from ..viz import colorize, save_png
 
     stems = dict(zip(files, _output_stems(files)))
+    renamed = [f"{f.name} -> {stem}_*.png" for f, stem in stems.items() if stem != f.stem]
+    if renamed:
+        print(f"note: {len(renamed)} images share a name with another image, so their outputs keep the extension: "
+              f"{', '.join(renamed)}", file=sys.stderr)
     written, last = [], {}
 
     def frames():
@@ -327,7 +436,8 @@ def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, ma
     cap, first = open_capture(source)
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 0.0
     fps_in = fps_in if 0 < fps_in < 1000 else 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if source.kind == "video" else 0
+    declared = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if source.kind == "video" else 0  # -1: unknown
+    total = declared
     total = min(total, max_frames) if total and max_frames else (total or max_frames or None)
     display = _Display() if show else None
     out_path = out_dir / f"{source.name}_overlay.mp4"
@@ -367,7 +477,7 @@ def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, ma
         if display is not None and not display.show(bgr):
             raise _StopStream
 
-    frames_done = 0
+    frames_done, stopped = 0, False
     try:
         with _progress(total, "frame") as bar:
             try:
@@ -376,7 +486,7 @@ def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, ma
                 # A camera or stream has no end: q/Esc or Ctrl-C ends it and the video is kept.
                 if isinstance(e, KeyboardInterrupt) and source.kind == "video":
                     raise
-                frames_done = rate.frames
+                frames_done, stopped = rate.frames, True
     except BaseException:
         if state["writer"] is not None:
             state["writer"].release()
@@ -391,7 +501,13 @@ def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, ma
         os.fsync(f.fileno())
     os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
     os.replace(tmp, out_path)
-    return [str(out_path)], frames_done
+    expected = min(declared, max_frames) if max_frames else declared
+    if source.kind == "video" and not stopped and frames_done < expected:
+        # OpenCV ends a truncated file (an interrupted copy or recording) quietly, as if it were complete.
+        print(f"warning: {source.target}: read {frames_done} of the {declared} frames its container declares; the file is "
+              f"probably truncated (an incomplete copy or recording). {out_path} holds the {frames_done} frames read",
+              file=sys.stderr)
+    return [str(out_path)], frames_done, declared or None
 
 
 # ---------------------------------------------------------------------- entry points
@@ -428,6 +544,7 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
         raise LightsegError("no input: pass --input IMAGE|FOLDER|GLOB|VIDEO|CAMERA_INDEX|URL")
     if int(batch) < 1:
         raise LightsegError(f"--batch {batch}: give a positive number of images per model call")
+    out_dir = check_output_dir(output_dir, "--output")
     source = classify_input(input_path)
     if show and source.kind == "images":
         raise LightsegError("--show displays video, camera or stream frames; for images open the *_overlay.png files")
@@ -437,7 +554,9 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
                                 # sleeping ONNX Runtime threads leave the cores to the reader and writer: 2.5x
                                 # the end-to-end frames/s of spinning ones on the shared 2-core machine
                                 ort_spinning=False)
-    out_dir = Path(output_dir)
+    skipped, declared = [], None
+    if source.kind == "images":
+        source.files, skipped = _check_images(source.files, segmenter)
     out_dir.mkdir(parents=True, exist_ok=True)
     rate = _Rate()
     if source.kind == "images":
@@ -446,12 +565,14 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
         if len(segmenter.latencies_ms) == 1 and last is not None:
             segmenter.predict_batch([last])  # one image: time a second, warm call (the first paid the warm-up)
     else:
-        written, frames = _predict_stream(segmenter, source, out_dir, int(batch), rate, show=show, max_frames=max_frames)
+        written, frames, declared = _predict_stream(segmenter, source, out_dir, int(batch), rate, show=show,
+                                                    max_frames=max_frames)
     timing = segmenter.timing()
     return {
         "model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None, "weights": weights,
         "backend": backend, "device": str(segmenter.device), "input": str(input_path), "kind": source.kind,
-        "images": len(source.files), "frames": frames, "output_dir": str(out_dir), "files": written,
+        "images": len(source.files), "skipped": [str(f) for f in skipped], "frames": frames,
+        "frames_declared": declared, "output_dir": str(out_dir), "files": list(dict.fromkeys(written)),
         "normalize": segmenter.normalize, "size": list(size) if size else None, "mode": segmenter.mode, "batch": int(batch),
         "first_call_ms": timing["first_ms"], "warm_calls": timing["warm_calls"],
         "latency_ms_median": timing["median_ms"], "fps": timing["fps"],
@@ -463,6 +584,8 @@ def describe(summary) -> str:
     """The line ``lightseg predict`` prints."""
     unit = "image" if summary["kind"] == "images" else "frame"
     what = f"{summary['images']} image(s)" if summary["kind"] == "images" else f"{summary['frames']} {summary['kind']} frame(s)"
+    if summary.get("skipped"):
+        what += f" (skipped {len(summary['skipped'])} too small, named above)"
     line = f"segmented {what} with {summary['model']} ({summary['backend']}, {summary['device']})"
     if summary["fps"]:
         line += (f"; model {summary['latency_ms_median']:.1f} ms/{unit} ({summary['fps']:.1f} {unit}s/s), median of "
