@@ -402,8 +402,12 @@ def test_output_paths_checked_before_the_work(base, tmp_path, capsys):
 def test_read_only_folders(run, tmp_path, capsys):
     recipe, run_dir = run
     before = _snapshot(run_dir)
+    image = tmp_path / "street.png"
+    cv2.imwrite(str(image), np.full((64, 80, 3), 90, np.uint8))
     with _read_only(run_dir):
         for argv in (["train", "--resume", str(run_dir), "--set", "train.iters=6", "--force-override"],
+                     ["predict", "--checkpoint", str(run_dir / "last.pt"), "--input", str(image),
+                      "--output", str(run_dir / "pred")],
                      ["eval", str(recipe), "--checkpoint", str(run_dir / "last.pt")],  # metrics.json goes beside it
                      ["export", "--model", "mininet_95k", "--checkpoint", str(run_dir / "last.pt"), "--size", "64", "64",
                       "-o", str(run_dir / "m.onnx")]):
