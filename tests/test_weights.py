@@ -40,6 +40,7 @@ def write_weights(folder: Path, model=MODEL, weights="camvid", seed=0, val_miou=
                                       val_miou=val_miou)
     manifest = folder / "manifest.json"
     records = json.loads(manifest.read_text())["weights"] if manifest.is_file() else []
+    records = [r for r in records if (r["model"], r["weights"]) != (model, weights)]  # the file is replaced
     manifest.write_text(json.dumps({"format": 1, "weights": records + [record]}, indent=2))
     return net
 
