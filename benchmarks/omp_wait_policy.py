@@ -5,7 +5,8 @@
 Each measurement is a fresh process (the policy is read when libgomp loads) training mininet_95k as
 `make demo` does (batch 8 at 120x160, Adam, cross-entropy, 2 threads) for ``--iters`` steps after 3
 warm-up steps. Policies: libgomp's default (spin ~300k iterations before sleeping), PASSIVE (sleep at
-once; lightseg's default since issue 12 when the user sets none) and a short spin (GOMP_SPINCOUNT=10000).
+once), a short spin (GOMP_SPINCOUNT=10000) and lightseg's choice when the user sets none (PASSIVE when
+another task is runnable as lightseg is imported, libgomp's default otherwise).
 The competitor is one process busy on one core (a pure-Python loop), as another user's job would be.
 Settings alternate within each repetition, so a drift in the machine's load reaches all of them; the
 table reports medians and the load average beside each figure.
@@ -20,9 +21,14 @@ import time
 
 from _common import conditions, save
 
-POLICIES = {"default (unset)": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
+AUTO = "lightseg's choice"
+POLICIES = {"default (unset)": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
+            AUTO: {}}
 WORKER = r"""
-import sys, time, torch, torch.nn.functional as F
+import sys
+if sys.argv[2:] == ["auto"]:
+    import lightseg  # before torch: lightseg chooses the policy (PASSIVE only when another task is runnable)
+import time, torch, torch.nn.functional as F
 import lightseg  # after torch: lightseg leaves a policy torch already loaded with as it is
 iters = int(sys.argv[1])
 torch.manual_seed(0)
@@ -44,11 +50,11 @@ print(8 * iters / (time.perf_counter() - t0))
 """
 
 
-def run(policy_env, iters):
+def run(policy_env, iters, auto=False):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(policy_env)
     load = os.getloadavg()[0]
-    out = subprocess.run([sys.executable, "-c", WORKER, str(iters)], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", WORKER, str(iters)] + (["auto"] if auto else []), env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1]), load
 
 
@@ -68,7 +74,7 @@ def main():
             try:
                 time.sleep(0.5 if hog else 0)
                 for pol in (policies if rep % 2 == 0 else policies[::-1]):
-                    ips, load = run(POLICIES[pol], args.iters)
+                    ips, load = run(POLICIES[pol], args.iters, auto=pol == AUTO)
                     results[(pol, comp)].append({"images_per_s": round(ips, 2), "loadavg_1m_before": round(load, 2)})
                     print(f"rep {rep} {comp:22s} {pol:22s} {ips:6.2f} img/s (load {load:.1f})", file=sys.stderr, flush=True)
             finally:

@@ -11,12 +11,45 @@ The names below are imported on first use, so that ``lightseg --help`` and ``--v
 import os as _os
 import sys as _sys
 
-# OpenMP threads that busy-wait between parallel regions (libgomp's default) make eager PyTorch many times
-# slower when another process takes a core; sleeping at once costs a quiet machine little (docs/benchmarks.md,
-# "Shared CPUs"). It only works before torch loads OpenMP, and only when the user has not chosen.
+# OpenMP's wait policy, chosen before torch loads OpenMP and only when the user has not chosen one.
+# libgomp's default busy-waits between parallel regions: fastest on an idle machine (2x PASSIVE for a
+# small training batch), but many times slower when another process wants a core, where sleeping at once
+# (PASSIVE) wins. So lightseg asks the kernel how many tasks are runnable right now (/proc/loadavg, which
+# costs nothing) and sleeps only when something besides this process is (docs/benchmarks.md, "Shared CPUs").
+
+
+def _others_runnable(path="/proc/loadavg", samples=3, interval_s=0.005):
+    """Tasks runnable besides this one (the 4th field of /proc/loadavg counts this reader too): the least
+    of a few samples 5 ms apart, so that a task that is runnable for an instant is not taken for a busy
+    competitor, which is runnable in every sample. None where the kernel does not say."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval_s)
+        try:
+            with open(path) as f:
+                counts.append(max(int(f.read().split()[3].split("/")[0]) - 1, 0))
+        except (OSError, IndexError, ValueError):
+            return None
+    return min(counts)
+
+
+def choose_wait_policy(environ, torch_loaded, others_runnable):
+    """The OMP_WAIT_POLICY lightseg sets, or None: the user's choice stands, torch already read the
+    environment, or the machine is idle (spinning is then the faster default)."""
+    if torch_loaded or "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+        return None
+    if others_runnable is None or others_runnable > 0:  # busy, or unknown: the safe side
+        return "PASSIVE"
+    return None
+
+
 OMP_DEFAULTED = False
-if "torch" not in _sys.modules and "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
-    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+_policy = choose_wait_policy(_os.environ, "torch" in _sys.modules, _others_runnable())
+if _policy is not None:
+    _os.environ["OMP_WAIT_POLICY"] = _policy
     OMP_DEFAULTED = True
 
 from .errors import LightsegError  # noqa: E402

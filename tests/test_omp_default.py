@@ -12,8 +12,37 @@ def policy_after(code, **env):
     return out.stdout.split()
 
 
-def test_passive_by_default_before_torch_loads():
-    assert policy_after("") == ["PASSIVE", "True"]
+def test_passive_beside_a_busy_process():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another user's job, runnable all the time
+    try:
+        assert policy_after("") == ["PASSIVE", "True"]
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_the_choice_by_hand():
+    from lightseg import choose_wait_policy
+
+    assert choose_wait_policy({}, torch_loaded=False, others_runnable=0) is None  # idle: libgomp's spinning is faster
+    assert choose_wait_policy({}, torch_loaded=False, others_runnable=1) == "PASSIVE"
+    assert choose_wait_policy({}, torch_loaded=False, others_runnable=None) == "PASSIVE"  # unknown: the safe side
+    assert choose_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, torch_loaded=False, others_runnable=3) is None
+    assert choose_wait_policy({"GOMP_SPINCOUNT": "0"}, torch_loaded=False, others_runnable=3) is None
+    assert choose_wait_policy({}, torch_loaded=True, others_runnable=3) is None
+
+
+def test_runnable_tasks_read_from_the_kernels_count(tmp_path):
+    from lightseg import _others_runnable
+
+    p = tmp_path / "loadavg"
+    p.write_text("1.07 1.52 2.35 3/86 26472\n")
+    assert _others_runnable(p) == 2  # the reader is one of the 3
+    p.write_text("0.00 0.01 0.05 1/80 100\n")
+    assert _others_runnable(p) == 0
+    p.write_text("garbage\n")
+    assert _others_runnable(p) is None
+    assert _others_runnable(tmp_path / "missing") is None
 
 
 def test_the_users_choice_is_kept():
