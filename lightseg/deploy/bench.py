@@ -221,8 +221,9 @@ class PlainOnnxRuntime:
     """What a user runs without lightseg: ``torch.onnx.export`` of the model as written (no BN folding, no
     rewrites), an ONNX Runtime session with default options and ``num_threads`` intra-op threads."""
 
-    def __init__(self, model, num_threads=None):
+    def __init__(self, model, num_threads=None, spinning=None):
         self.model, self.num_threads, self.session = model, num_threads or torch.get_num_threads(), None
+        self.spinning = spinning
 
     def prepare(self, shape):
         import onnxruntime as ort
@@ -233,6 +234,8 @@ class PlainOnnxRuntime:
             data = export_to_bytes(self.model, shape[2:], batch=shape[0], fuse=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.num_threads
+        if self.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, images):
@@ -293,13 +296,17 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
     runners, setup, mem, warm, est = {}, {}, {}, {}, {}
+    # Timed in alternating rounds, the backends share the cores: an ONNX Runtime session's idle threads spin
+    # after each call and slow whatever runs next (dualaspp_mobilenetv2: 52-69 ms per session with spinning,
+    # 36 ms each without). So with more than one backend every ONNX Runtime session, plain included, sleeps.
+    ort_spinning = False if len(backends) > 1 else None
     for backend in backends:
         t0 = time.perf_counter()
         if backend == PLAIN:
-            runner = PlainOnnxRuntime(net)
+            runner = PlainOnnxRuntime(net, spinning=ort_spinning)
         else:
             runner = Runtime(net, backend=backend, device=dev, input_size=size, dtype=dtype,
-                             calibration_count=BENCH_CALIBRATION_COUNT)
+                             calibration_count=BENCH_CALIBRATION_COUNT, ort_spinning=ort_spinning)
         runner.prepare(tuple(x.shape))
         setup[backend] = time.perf_counter() - t0
         with PeakMemory(dev) as peak_mem:
@@ -327,6 +334,7 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
             "peak_mem_mb": round(mem[backend], 1) if mem[backend] is not None else None,
             "achieved_gflops": _sig(2 * macs / (median / 1000.0) / 1e9),
             "threads": torch.get_num_threads(), "machine": machine,
+            "ort_spinning": ort_spinning if "onnxruntime" in backend else None,
         }
         if PLAIN in lat:
             # paired: the same rounds, so the load each saw was alike
