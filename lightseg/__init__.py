@@ -24,30 +24,35 @@ def _others_runnable(path="/proc/loadavg", samples=3, interval_s=0.005):
     competitor, which is runnable in every sample. None where the kernel does not say."""
     import time
 
-    counts = []
+    least = None
     for i in range(samples):
         if i:
             time.sleep(interval_s)
         try:
             with open(path) as f:
-                counts.append(max(int(f.read().split()[3].split("/")[0]) - 1, 0))
+                count = max(int(f.read().split()[3].split("/")[0]) - 1, 0)
         except (OSError, IndexError, ValueError):
             return None
-    return min(counts)
+        least = count if least is None else min(least, count)
+        if least == 0:  # nothing can be less: an idle machine pays no sleep
+            break
+    return least
 
 
 def choose_wait_policy(environ, torch_loaded, others_runnable):
     """The OMP_WAIT_POLICY lightseg sets, or None: the user's choice stands, torch already read the
-    environment, or the machine is idle (spinning is then the faster default)."""
+    environment, or the machine is idle (spinning is then the faster default). ``others_runnable`` is
+    called (it samples the kernel) only when the answer depends on it."""
     if torch_loaded or "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
         return None
-    if others_runnable is None or others_runnable > 0:  # busy, or unknown: the safe side
+    others = others_runnable()
+    if others is None or others > 0:  # busy, or unknown: the safe side
         return "PASSIVE"
     return None
 
 
 OMP_DEFAULTED = False
-_policy = choose_wait_policy(_os.environ, "torch" in _sys.modules, _others_runnable())
+_policy = choose_wait_policy(_os.environ, "torch" in _sys.modules, _others_runnable)
 if _policy is not None:
     _os.environ["OMP_WAIT_POLICY"] = _policy
     OMP_DEFAULTED = True

@@ -24,12 +24,18 @@ def test_passive_beside_a_busy_process():
 def test_the_choice_by_hand():
     from lightseg import choose_wait_policy
 
-    assert choose_wait_policy({}, torch_loaded=False, others_runnable=0) is None  # idle: libgomp's spinning is faster
-    assert choose_wait_policy({}, torch_loaded=False, others_runnable=1) == "PASSIVE"
-    assert choose_wait_policy({}, torch_loaded=False, others_runnable=None) == "PASSIVE"  # unknown: the safe side
-    assert choose_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, torch_loaded=False, others_runnable=3) is None
-    assert choose_wait_policy({"GOMP_SPINCOUNT": "0"}, torch_loaded=False, others_runnable=3) is None
-    assert choose_wait_policy({}, torch_loaded=True, others_runnable=3) is None
+    assert choose_wait_policy({}, torch_loaded=False, others_runnable=lambda: 0) is None  # idle: libgomp's spinning is faster
+    assert choose_wait_policy({}, torch_loaded=False, others_runnable=lambda: 1) == "PASSIVE"
+    assert choose_wait_policy({}, torch_loaded=False, others_runnable=lambda: None) == "PASSIVE"  # unknown: the safe side
+    assert choose_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, torch_loaded=False, others_runnable=lambda: 3) is None
+    assert choose_wait_policy({"GOMP_SPINCOUNT": "0"}, torch_loaded=False, others_runnable=lambda: 3) is None
+    assert choose_wait_policy({}, torch_loaded=True, others_runnable=lambda: 3) is None
+
+    def not_needed():
+        raise AssertionError("the kernel is sampled only when the choice depends on it")
+
+    assert choose_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, torch_loaded=False, others_runnable=not_needed) is None
+    assert choose_wait_policy({}, torch_loaded=True, others_runnable=not_needed) is None
 
 
 def test_runnable_tasks_read_from_the_kernels_count(tmp_path):
