@@ -111,6 +111,8 @@ CHOICES = {
     "train.channels_last": ("auto", True, False),
     "eval.mode": ("whole", "slide"),
 }
+# A split name, or a list of names whose samples are joined ([train, val]: the papers' CamVid protocol).
+SPLIT_KEYS = {"data.train_split", "data.val_split"}
 # [H, W] pairs of positive integers (or null).
 SIZE_KEYS = {"data.train_transforms.crop", "data.train_transforms.resize", "data.eval_size", "eval.crop", "eval.stride"}
 POSITIVE_INTS = {"model.num_classes", "train.iters", "train.epochs", "train.batch_size",
@@ -266,6 +268,11 @@ def validate(cfg: dict, source=None, origins=None) -> dict:
                     close = difflib.get_close_matches(str(value), [str(c) for c in CHOICES[path] if c is not None], n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     fail(path, value, f"one of {', '.join('null' if c is None else str(c) for c in CHOICES[path])}{hint}")
+                continue
+            if path in SPLIT_KEYS:
+                names = value if isinstance(value, list) else [value]
+                if not (names and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
+                    fail(path, value, "a split name (train, val, test) or a list of distinct names, e.g. [train, val]")
                 continue
             if path in SIZE_KEYS:
                 if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2

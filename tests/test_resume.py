@@ -118,3 +118,20 @@ def test_sigkill_between_checkpoints_then_resume_exactly(tmp_path, reference):
     saved = load_checkpoint(run_dir / "last.pt")  # whole, despite the kill: atomic writes
     assert saved["iteration"] % 4 == 0 and 4 <= saved["iteration"] <= seen
     _resume_and_compare(recipe, run_dir, ref)
+
+
+def test_a_train_plus_val_run_stopped_by_sigterm_resumes_exactly(tmp_path):
+    """The papers' CamVid protocol (data.train_split: [train, val] in the recipe) survives a stop and --resume."""
+    data = make_camvid_like(tmp_path / "data", n_train=5, n_val=3)
+    recipe = tiny_recipe(tmp_path, data, iters=ITERS, extra="  val_interval: 0")
+    recipe.write_text(recipe.read_text().replace("num_workers: 0}", "num_workers: 0, train_split: [train, val]}"))
+    torch.set_num_threads(1)
+    whole = load_checkpoint(Trainer(load_config(recipe, [f"output_dir={tmp_path / 'whole'}"])).fit() / "last.pt")
+    assert whole["train_samples"] == 8
+    run_dir = tmp_path / "run"
+    proc = _start(recipe)
+    _wait_for_iter(run_dir, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] < ITERS
+    _resume_and_compare(recipe, run_dir, whole)

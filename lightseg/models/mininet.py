@@ -231,7 +231,7 @@ class MiniNet(SegmentationModel):
       ``scale`` 16 or 8, the resolution of stage 4 (a); ``long_residual`` / ``short_residual`` (b);
       ``spp`` "both" / "pool" / "conv" (c); ``deep_supervision`` (d); ``decoder`` (e); ``activation``
       "prelu" / "relu" (f). ``decoder_branches``: r of the decoder's SPC modules for k = 1, 2, 3 (not given
-      in the paper; 4 fits Tables 1-2's FLOPs best, see docs/models.md).
+      in the paper; 2 is lightseg's choice, weighed against 3 and 4 over Tables 1-2 in docs/models.md).
     """
 
     def __init__(
