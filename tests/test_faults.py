@@ -2,17 +2,16 @@
 inputs, small files declaring huge contents, requests that cannot fit, and temporary files left by a
 killed process. Each refusal is exit 2, one line naming the file, no traceback; every file written before
 stays byte-identical and nothing appears outside the folders the command was given."""
+import struct
 import subprocess
 import sys
 import zipfile
 import zlib
-import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import lightseg.bounds
 from lightseg.checkpoint import save_checkpoint
