@@ -13,10 +13,7 @@ without running it.
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,79 +21,10 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError
-from .outputs import WRITE_ERRNOS, write_error
+# The atomic, link-refusing writers live in outputs.py; imported here, where most callers look for them.
+from .outputs import atomic_write_bytes, new_file_mode, remove_stale_temp_files  # noqa: F401
 
 FORMAT_VERSION = 1
-
-
-def new_file_mode() -> int:
-    """The permission bits ``open()`` gives a new file: 0o666 less the process umask.
-
-    Temporary files are created 0o600 (``mkstemp``); renamed into place as they are, outputs in a shared
-    folder would be unreadable to the others, whatever their umask says.
-    """
-    try:  # Linux reports the umask without changing it (os.umask can only be read by setting it)
-        with open("/proc/self/status") as f:
-            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path, write_fn) -> Path:
-    """Call ``write_fn(fileobj)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never half a file (a kill -9
-    can leave the temporary ``.<name>.*.tmp``: see :func:`remove_stale_temp_files`). A full disk or a
-    read-only folder raises ``OutputError`` naming the path; the old file stays as it was. The file gets
-    the permissions of a newly created one (:func:`new_file_mode`).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise write_error(e, path) from e
-    try:
-        os.chmod(tmp, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:  # make the rename itself durable
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-            kept = f"{path.name} was not changed" if path.exists() else ""
-            raise write_error(e, path, kept) from e
-        raise
-    return path
-
-
-def remove_stale_temp_files(folder, names) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files that a process killed during :func:`atomic_write_bytes` left in
-    ``folder`` for each of ``names``. Only call it while no other process writes those names there."""
-    removed = []
-    folder = Path(folder)
-    if folder.is_dir():
-        for name in names:
-            for tmp in folder.glob(f".{name}.*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                    removed.append(tmp)
-    return removed
 
 
 def non_finite_tensor(tensors) -> str | None:
@@ -134,6 +62,34 @@ def save_checkpoint(state: dict, path) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(data))
 
 
+# torch.save stores each tensor as one uncompressed zip entry: a checkpoint of lightseg's models holds a
+# few hundred. Bounds read from the zip's directory before torch.load inflates anything.
+MAX_CHECKPOINT_ENTRIES = 100_000
+MAX_INFLATION = 4  # declared uncompressed bytes per byte of file (torch stores: 1)
+
+
+def _zip_out_of_bounds(path: Path) -> str | None:
+    """Why the zip directory of ``path`` declares more than a checkpoint can be (None: within bounds)."""
+    from .bounds import available_memory
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f"is not a readable zip archive ({e}); copy it again, or use another checkpoint"
+    if len(entries) > MAX_CHECKPOINT_ENTRIES:
+        return (f"holds {len(entries)} zip entries, over the {MAX_CHECKPOINT_ENTRIES} a checkpoint can need; "
+                "refused before loading (it is not a torch.save file of a model)")
+    declared = sum(e.file_size for e in entries)
+    size = path.stat().st_size
+    available = available_memory()
+    if declared > MAX_INFLATION * size + 2 ** 20 or (available is not None and declared > available):
+        limit = f"{available / 1024 ** 3:.1f} GB available" if available is not None else "no memory figure"
+        return (f"declares {declared / 1024 ** 3:.2f} GB of uncompressed data in a {size / 1024 ** 2:.1f} MB file "
+                f"(at most {MAX_INFLATION}x the file, {limit}); refused before loading: a zip bomb, not a checkpoint")
+    return None
+
+
 def _not_a_checkpoint(path: Path) -> str | None:
     """Why ``path`` cannot be a torch checkpoint, judged from its bytes (None: it may be one)."""
     with open(path, "rb") as f:
@@ -142,7 +98,7 @@ def _not_a_checkpoint(path: Path) -> str | None:
         if not zipfile.is_zipfile(path):
             return ("is truncated (the zip archive written by torch.save has no end record: an incomplete copy "
                     "or download); copy it again, or use another checkpoint")
-        return None
+        return _zip_out_of_bounds(path)
     if head[:1] == b"\x80":  # the legacy (pickle) format
         return None
     # ONNX: a protobuf ModelProto, field 1 (ir_version) first, then the producer ("pytorch", ...)

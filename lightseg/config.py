@@ -186,13 +186,71 @@ def _set_path(cfg: dict, dotted: str, value, source: str) -> dict:
     return deep_merge(cfg, update, source)
 
 
+# A recipe is a few KB. YAML aliases (*name) repeat a whole subtree, so a 1 KB file of nested aliases
+# ("billion laughs") expands to more nodes than memory holds as soon as the tree is walked: the loader
+# refuses files and trees past these bounds while it composes, before anything is built.
+MAX_RECIPE_BYTES = 1024 ** 2
+MAX_YAML_ALIASES = 100
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000  # counting every alias's subtree again, as a walk of the tree sees it
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML text past the loader's bounds (aliases, nesting depth, expanded size)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts alias events, nesting depth and the expanded node count as it composes."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = self._depth = 0
+        self._sizes: dict = {}
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise YamlTooLarge(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YamlTooLarge(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = ()
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            if size > MAX_YAML_NODES:
+                raise YamlTooLarge(f"expands to more than {MAX_YAML_NODES} values (aliases repeat their subtree)")
+            self._sizes[id(node)] = size
+        return node
+
+
+def safe_load_bounded(text: str):
+    """``yaml.safe_load`` within the bounds above (:class:`YamlTooLarge` past them)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str):
     """'a.b=c' -> ('a.b', parsed c). The value is YAML: 1e-3, [1, 2], null, true, 'text'."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.iters=1000")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_bounded(raw) if raw.strip() else None
+    except YamlTooLarge as e:
+        raise ConfigError(f"--set {text!r}: the value is too large a YAML tree: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {text!r}: the value {raw!r} is not valid YAML ({e.__class__.__name__})") from e
     # YAML 1.1 reads "1e-3" as a string (it wants "1.0e-3"); a learning rate is a number.
@@ -363,13 +421,19 @@ def resolve_recipe(name_or_path) -> Path:
 
 
 def _read_recipe(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: {size / 1024 ** 2:.1f} MiB, over the {MAX_RECIPE_BYTES // 1024 ** 2} MiB a recipe "
+                          "can be; is it the right file?")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                           "save the recipe as UTF-8") from None
     try:
-        return yaml.safe_load(text) or {}
+        return safe_load_bounded(text) or {}
+    except YamlTooLarge as e:
+        raise ConfigError(f"{path}: refused: the YAML {e}; a recipe needs none of that, write the values out") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 

@@ -72,10 +72,29 @@ def forward_logits(model, x: torch.Tensor) -> torch.Tensor:
     return resize_to(logits.float(), x.shape[-2:])
 
 
+MAX_WINDOWS = 4096  # a 4096x4096 image in 64-pixel steps: a --stride far smaller than --crop asks for more
+
+
+def window_count(h: int, w: int, crop, stride) -> int:
+    """How many windows slide mode runs over an h x w image."""
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    return len(window_starts(h, ch, stride[0])) * len(window_starts(w, cw, stride[1]))
+
+
+def check_window_count(h: int, w: int, crop, stride) -> None:
+    """Refuse, before the first window runs, a slide over more than :data:`MAX_WINDOWS` windows."""
+    n = window_count(h, w, crop, stride)
+    if n > MAX_WINDOWS:
+        raise ConfigError(f"slide mode over {h}x{w} with crop {crop[0]}x{crop[1]} and stride {stride[0]}x{stride[1]} "
+                          f"would run {n} windows, over the limit of {MAX_WINDOWS}; use a larger --stride (two thirds "
+                          "of --crop is the default) or a larger --crop")
+
+
 def slide_logits(model, x: torch.Tensor, crop, stride) -> torch.Tensor:
     """Logits of ``x`` (N, 3, H, W) from windows of ``crop`` every ``stride``, overlaps averaged."""
     h, w = x.shape[-2:]
     ch, cw = min(crop[0], h), min(crop[1], w)
+    check_window_count(h, w, crop, stride)
     total = count = None
     for y in window_starts(h, ch, stride[0]):
         for x0 in window_starts(w, cw, stride[1]):

@@ -230,8 +230,11 @@ def plot_run(run_dir, output=None) -> Path:
 
     Reads ``run_dir/log.jsonl``; writes ``run_dir/curves.png`` or ``output``; returns the PNG path.
     """
+    from .outputs import check_outputs_apart
+
     run_dir = Path(run_dir)
     log = run_dir / "log.jsonl"
+    check_outputs_apart([("the training log", log)], [("--output", output, None)])
     records = _cumulative_time(read_log(log))
     train = [r for r in records if r.get("kind") == "train" and "iter" in r]
     val = [r for r in records if r.get("kind") == "val" and "iter" in r]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..bounds import check_decoded_size, header_size, read_list_file
 from ..errors import DataError
 from .classes import IGNORE_INDEX
 
@@ -93,6 +94,7 @@ def read_image(path) -> np.ndarray:
     if data.size == 0:
         raise DataError(f"{path}: image file is empty; re-copy it or remove it from the dataset")
     _check_complete(data, path)
+    check_decoded_size(path, data[:65536].tobytes())  # from the header, before decoding
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(f"{path}: cannot decode the image (corrupt or not an image); re-copy it or remove it")
@@ -110,6 +112,7 @@ def read_label(path, colour: bool = False) -> np.ndarray:
     if data.size == 0:
         raise DataError(f"{path}: label file is empty; re-copy it or remove it from the dataset")
     _check_complete(data, path)
+    check_decoded_size(path, data[:65536].tobytes())  # from the header, before decoding
     # PNG colour type (byte 25 of the IHDR chunk) 3 = palette.
     if not colour and data.size > 25 and data[:4].tobytes() == b"\x89PNG" and data[25] == 3:
         import io
@@ -138,6 +141,13 @@ def image_size(path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
+    except Image.DecompressionBombError:  # Pillow's guard stays on: read the size from the header ourselves
+        with open(path, "rb") as f:
+            size = header_size(f.read(65536))
+        if size is None:
+            raise DataError(f"{path}: declares an image too large to open safely (Pillow: over "
+                            f"{2 * Image.MAX_IMAGE_PIXELS} pixels); resize or tile it, or remove it") from None
+        return size
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the dataset root and list file") from None
     except OSError as e:
@@ -163,7 +173,7 @@ def read_pair_list(list_file: Path, resolve) -> list[tuple[Path, Path]]:
     """
     import shlex
 
-    data = Path(list_file).read_bytes()
+    data = read_list_file(list_file)  # bounded: size and line length
     try:
         text, utf8 = data.decode("utf-8"), True
     except UnicodeDecodeError:

@@ -479,6 +479,14 @@ def bench_command(args) -> list:
         else:
             raise LightsegError(f"the {args.backend} backend runs float32 only; drop --dtype or use --backend eager")
 
+    from ..bounds import check_fits
+    from .predict import estimate_memory
+
+    for name in names:  # what cannot fit is refused with the estimate before anything runs
+        h, w = tuple(args.size) if args.size else tuple(model_info(name).paper_size)
+        check_fits(f"bench {name} at --batch {args.batch} --size {h} {w}",
+                   args.batch * estimate_memory(h, w, getattr(model_info(name), "num_classes", None)),
+                   "lower --batch or --size")
     machine = machine_info()
     if args.json:
         _log(format_machine(machine))  # stdout holds the JSON only; every record carries the machine too

@@ -6,7 +6,9 @@ verbs (this module, predict, bench).
 from __future__ import annotations
 
 from ..errors import LightsegError
-from ..outputs import check_output_file
+from pathlib import Path
+
+from ..outputs import check_output_file, check_outputs_apart, remove_stale_temp_files
 from .export import PARITY_MAX_ABS, PARITY_MIN_AGREEMENT, export_onnx
 from .runtime import checkpoint_normalization, load_model
 
@@ -17,6 +19,9 @@ def export_command(args) -> dict:
     if not args.int8 and (args.calib or args.calib_count or int8_mode not in (None, "auto")):
         raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; add --int8 or drop them")
     check_output_file(args.output, "-o/--output", example="model.onnx")  # before the export's work
+    check_outputs_apart([("--checkpoint", args.checkpoint), ("--calib", args.calib)], [("-o/--output", args.output, None)])
+    out = Path(args.output)
+    remove_stale_temp_files(out.parent, (out.name, "*.onnx"))  # what an export killed while writing left
     device = getattr(args, "device", "auto")
     weights = getattr(args, "weights", None)
     if weights is not None:

@@ -24,7 +24,6 @@ import glob as globlib
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,12 +32,15 @@ import cv2
 import numpy as np
 import torch
 
-from ..checkpoint import new_file_mode
+from ..bounds import available_memory
 from ..errors import LightsegError
-from ..outputs import check_output_dir
+from ..outputs import (check_output_dir, check_outputs_apart, create_temp, publish, refuse_links_in,
+                       remove_stale_temp_files)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OVERLAY_ALPHA = 0.5
+MAX_DECLARED_FRAMES = 10 ** 8  # over a year at 30 frames/s: a container declaring more is lying
+OUTPUT_NAMES = ("*_label.png", "*_color.png", "*_overlay.png", "*_overlay.mp4")  # what predict writes
 QUEUE_SIZE = 4  # frames in flight between two stages: enough to absorb jitter, little memory
 WINDOW_NAME = "lightseg"
 _DONE = object()
@@ -104,11 +106,20 @@ def _quiet_opencv():
         return lambda: None
 
 
-def open_capture(source: Source):
-    """A ``cv2.VideoCapture`` that has delivered its first frame: ``(capture, first_bgr_frame)``."""
+def open_capture(source: Source, check_frame=None):
+    """A ``cv2.VideoCapture`` that has delivered its first frame: ``(capture, first_bgr_frame)``.
+    ``check_frame(h, w)``: called with the frame size the container declares, before any frame is decoded."""
     restore = _quiet_opencv()
     try:
         cap = cv2.VideoCapture(source.target)
+        if cap.isOpened() and check_frame is not None:
+            h, w = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+            if h > 0 and w > 0:
+                try:
+                    check_frame(h, w)
+                except BaseException:
+                    cap.release()
+                    raise
         ok, frame = cap.read() if cap.isOpened() else (False, None)
     finally:
         restore()
@@ -327,21 +338,6 @@ WHOLE_BYTES_PER_PIXEL = 200
 SLIDE_BYTES_PER_PIXEL = 64
 
 
-def available_memory():
-    """Bytes of memory available to a new allocation (Linux: MemAvailable), or None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def estimate_memory(h, w, num_classes, mode="whole", crop=None, size=None) -> int:
     """Rough peak bytes to segment one h x w image (see ``WHOLE_BYTES_PER_PIXEL``)."""
     classes = num_classes or 19
@@ -433,17 +429,21 @@ class _StopStream(Exception):
 def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, max_frames=None):
     from ..viz import draw_legend, put_text
 
-    cap, first = open_capture(source)
+    # the frame size the container declares, against the memory, before the first frame is decoded
+    cap, first = open_capture(source, lambda h, w: _check_memory(f"{source.target} (frames)", h, w, segmenter))
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 0.0
     fps_in = fps_in if 0 < fps_in < 1000 else 25.0
     declared = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if source.kind == "video" else 0  # -1: unknown
+    declared = declared if declared <= MAX_DECLARED_FRAMES else 0  # a nonsense count is treated as unknown
     total = declared
     total = min(total, max_frames) if total and max_frames else (total or max_frames or None)
     display = _Display() if show else None
     out_path = out_dir / f"{source.name}_overlay.mp4"
     # Write beside the target and rename at the end: an interrupted run leaves no half video under the final name.
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=".mp4", dir=out_dir)
+    # (created O_EXCL | O_NOFOLLOW; OpenCV picks the container from the name's extension)
+    fd, tmp = create_temp(out_path, ext=".mp4")
     os.close(fd)
+    tmp = str(tmp)
     state = {"writer": None, "legend": None}
 
     def frames():
@@ -499,8 +499,7 @@ def _predict_stream(segmenter, source, out_dir, batch_size, rate, show=False, ma
     state["writer"].release()
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
-    os.replace(tmp, out_path)
+    publish(tmp, out_path)
     expected = min(declared, max_frames) if max_frames else declared
     if source.kind == "video" and not stopped and frames_done < expected:
         # OpenCV ends a truncated file (an interrupted copy or recording) quietly, as if it were complete.
@@ -546,6 +545,12 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
         raise LightsegError(f"--batch {batch}: give a positive number of images per model call")
     out_dir = check_output_dir(output_dir, "--output")
     source = classify_input(input_path)
+    given = Path(str(input_path))
+    inputs = [("--input", given)] if given.exists() else [("--input", f) for f in source.files]
+    check_outputs_apart([*inputs, ("--checkpoint", checkpoint), ("--calib", calibration)],
+                        [("--output", out_dir, OUTPUT_NAMES)])
+    remove_stale_temp_files(out_dir, OUTPUT_NAMES)  # what a predict killed while writing left here
+    refuse_links_in(out_dir, OUTPUT_NAMES)
     if show and source.kind == "images":
         raise LightsegError("--show displays video, camera or stream frames; for images open the *_overlay.png files")
     segmenter = build_segmenter(model_name, checkpoint, weights, backend=backend, device=device, size=size,

@@ -173,6 +173,14 @@ def _dump(report: dict) -> str:
     return json.dumps(report, indent=2, allow_nan=False)
 
 
+def _inputs(config, data_cfg, dataset, checkpoint, calibration) -> list:
+    """What ``lightseg eval`` reads, for :func:`lightseg.outputs.check_outputs_apart`: the recipe, the
+    dataset's root and every folder its samples lie in, the checkpoint and the calibration images."""
+    folders = {str(Path(f).parent) for sample in getattr(dataset, "files", ()) for f in sample}
+    return [("the recipe", config if Path(str(config)).is_file() else None), ("the dataset", data_cfg.get("root")),
+            *(("the dataset folder", f) for f in sorted(folders)), ("--checkpoint", checkpoint), ("--calib", calibration)]
+
+
 def evaluate_command(config, checkpoint=None, split="val", data_root=None, overrides=(), flip=False, scales=None,
                      as_json=False, output=None, save_predictions=None, backend="eager", calibration=None,
                      calibration_count=None, int8_mode=None, weights=None, mode=None, crop=None, stride=None,
@@ -191,7 +199,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     from ..config import load_config
     from ..data import build_dataset, resolve_split, scan_samples
     from ..devices import resolve_device
-    from ..outputs import check_output_dir, check_output_file
+    from ..outputs import (check_output_dir, check_output_file, check_outputs_apart, refuse_links_in,
+                           remove_stale_temp_files)
     from .distributed import setup
 
     if (checkpoint is None) == (weights is None):
@@ -211,6 +220,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         data_cfg["root"] = str(data_root)
     split_name = resolve_split(data_cfg, split)  # "val" -> data.val_split
     dataset = build_dataset(data_cfg, split_name, train=False)
+    inputs = _inputs(config, data_cfg, dataset, checkpoint, calibration)
+    check_outputs_apart(inputs, [("--output", output, None), ("--save-predictions", save_predictions, ("*.png",))])
     model_cfg = cfg["model"]
     if model_cfg["num_classes"] != dataset.num_classes:
         raise ConfigError(f"{config}: model.num_classes is {model_cfg['num_classes']} but the {data_cfg['name']} dataset "
@@ -255,6 +266,11 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         out = Path(checkpoint).parent / name
     if not output:
         check_output_file(out, "the metrics file (choose another with --output)")
+        check_outputs_apart(inputs, [("the metrics file (choose another with --output)", out, None)])
+    remove_stale_temp_files(out.parent, ("metrics*.json",))  # what an eval killed while writing left
+    if save_predictions:
+        remove_stale_temp_files(save_predictions, ("*.png",))
+        refuse_links_in(save_predictions, ("*.png",))
     problems = scan_samples(dataset, eval_size=data_cfg.get("eval_size"), scales=tuple(scales or eval_cfg.get("scales") or (1.0,)))
     if problems:
         listed = "; ".join(m for _, m in problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3 else "")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError, LightsegError
-from ..outputs import check_output_dir, write_error
+from ..outputs import check_output_dir, open_output, write_error
 
 # What `lightseg train` writes in a run folder: a fresh run refuses a folder that holds any of them.
 RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "bad_samples.jsonl")
@@ -43,7 +43,10 @@ class RunLock:
     def _open(self) -> int:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(e, self.run_dir) from e
+        try:  # never through a link planted in the run folder: its target would be truncated
+            return open_output(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise write_error(e, self.path) from e
 

@@ -40,12 +40,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import (atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
                           remove_stale_temp_files, save_checkpoint)
-from ..config import load_config, save_config
+from ..config import load_config, safe_load_bounded, save_config
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
-from ..outputs import OutputError, check_output_dir, write_error
+from ..outputs import (OutputError, append_text, check_output_dir, check_outputs_apart, output_subdir, refuse_links_in,
+                       write_error)
 from . import distributed as du
 from .optim import IterationScheduler, build_optimizer
-from .rundir import RUN_FILES, RunLock, check_fresh_run_dir, resume_differences
+from .rundir import LOCK_NAME, RUN_FILES, RunLock, check_fresh_run_dir, resume_differences
 
 # --skip-bad: when more than this share of a split's samples is bad, the run stops (the data are broken,
 # not a few files); `--max-bad` changes it.
@@ -280,6 +281,9 @@ class Trainer:
         if resume:
             self.resume_ckpt, self.run_dir = _resolve_resume(resume, self.run_dir)
         check_output_dir(self.run_dir, "output_dir")  # a file, under a file, read-only: said before any work
+        recipe = config_path if not resume and config_path and Path(str(config_path)).is_file() else None
+        check_outputs_apart([("the recipe", recipe), ("data.root", cfg["data"].get("root"))],
+                            [("output_dir", self.run_dir, (*RUN_FILES, LOCK_NAME, "tensorboard"))])
         self.log_path = self.run_dir / "log.jsonl"
         self.bad_path = self.run_dir / "bad_samples.jsonl"
 
@@ -414,7 +418,7 @@ class Trainer:
             import yaml
 
             with contextlib.suppress(yaml.YAMLError, UnicodeDecodeError):
-                saved = yaml.safe_load((self.run_dir / "config.yaml").read_text(encoding="utf-8"))
+                saved = safe_load_bounded((self.run_dir / "config.yaml").read_text(encoding="utf-8"))
         if not isinstance(saved, dict):
             return
         changed = resume_differences(saved, self.cfg)
@@ -515,8 +519,7 @@ class Trainer:
 
     def _append(self, path: Path, records) -> None:
         try:
-            with open(path, "a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in records))
+            append_text(path, "".join(json.dumps(r) + "\n" for r in records))
         except OSError as e:
             raise write_error(e, path, self._held()) from e
 
@@ -655,6 +658,8 @@ class Trainer:
         try:
             # One process per run folder: a second one exits naming the first, before it writes anything.
             with RunLock(self.run_dir) if main else contextlib.nullcontext():
+                if main:  # a link planted where the run writes would send a write out of the folder
+                    refuse_links_in(self.run_dir, (*RUN_FILES, "tensorboard"))
                 if main and self.resume_ckpt is None:
                     check_fresh_run_dir(self.run_dir)
                 if main:  # what a process killed during a save left (we hold the lock: nobody is writing)
@@ -666,7 +671,7 @@ class Trainer:
                 if self.cfg["train"]["tensorboard"] and self.dist.is_main:
                     from .tensorboard import TensorBoardLogger
 
-                    self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
+                    self.tb = TensorBoardLogger(output_subdir(self.run_dir / "tensorboard"),
                                                 purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
                 return self._fit()
         finally:
