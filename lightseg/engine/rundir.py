@@ -160,8 +160,8 @@ def claim_run_dir(run_dir, fresh: bool = True, next_free: bool = False):
         raise ConfigError(f"output_dir: {run_dir} and {run_dir.name}2 ... {run_dir.name}{MAX_RUN_NUMBER} all hold runs; "
                           f"write elsewhere with --set output_dir=runs/NEW_NAME")
     if candidate != run_dir and int(os.environ.get("RANK", "0")) == 0:
-        print(f"lightseg train: {run_dir} already holds a run (continue it with lightseg train --resume {run_dir}); "
-              f"this run writes to {candidate}", file=sys.stderr)
+        print(f"lightseg train: {run_dir} holds an earlier run or one in progress (continue it with lightseg train "
+              f"--resume {run_dir}); this run writes to {candidate}", file=sys.stderr)
     before = set(os.listdir(candidate))
     try:
         yield candidate

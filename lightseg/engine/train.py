@@ -18,7 +18,8 @@ Run directory (``output_dir``): ``config.yaml`` (resolved recipe), ``log.jsonl``
 ``ckpt_interval`` iterations, before and after each validation, at the end and on SIGINT/SIGTERM),
 ``best.pt`` (best validation mIoU), ``bad_samples.jsonl`` (``--skip-bad``). Under torchrun only rank 0
 writes. While a run trains, ``.lightseg-train.lock`` holds its pid (:mod:`.rundir`: one process per
-folder, no fresh run over an earlier one, a resume keeps the run's settings unless forced).
+folder, no fresh run over an earlier one (a re-run of a recipe takes ``NAME2``, ...), a resume keeps the
+run's settings unless forced; a start that fails takes its folder back).
 """
 from __future__ import annotations
 
@@ -691,26 +692,30 @@ class Trainer:
         self.tb = None
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
         try:
-            # One process per run folder: a second one exits naming the first, before it writes anything.
+            # One process per run folder: a second one exits naming the first, before it writes anything (or,
+            # when the folder is the recipe's own, takes the next free NAME2, ...). A failed start is taken back.
             claim = claim_run_dir(self.run_dir, fresh=self.resume_ckpt is None, next_free=self.next_free_dir)
             with claim if main else contextlib.nullcontext(self.run_dir) as run_dir:
                 if run_dir != self.run_dir:
                     self._use_run_dir(run_dir)
-                if main:  # what a process killed during a save left (we hold the lock: nobody is writing)
-                    remove_stale_temp_files(self.run_dir, RUN_FILES)
-                if self.resume_ckpt is not None:
-                    self._resume_state = load_checkpoint(self.resume_ckpt)
-                    self._check_resume_config(self._resume_state)
-                self._build()
-                if self.cfg["train"]["tensorboard"] and self.dist.is_main:
-                    from .tensorboard import TensorBoardLogger
+                try:
+                    if main:  # what a process killed during a save left (we hold the lock: nobody is writing)
+                        remove_stale_temp_files(self.run_dir, RUN_FILES)
+                    if self.resume_ckpt is not None:
+                        self._resume_state = load_checkpoint(self.resume_ckpt)
+                        self._check_resume_config(self._resume_state)
+                    self._build()
+                    if self.cfg["train"]["tensorboard"] and self.dist.is_main:
+                        from .tensorboard import TensorBoardLogger
 
-                    self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
-                                                purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
-                return self._fit()
+                        self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
+                                                    purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
+                    return self._fit()
+                finally:  # closed while the folder is still held (a failed start's files are then taken back)
+                    if self.tb is not None:
+                        self.tb.close()
+                        self.tb = None
         finally:
-            if self.tb is not None:
-                self.tb.close()
             if hasattr(self, "dist"):
                 du.teardown(self.dist)
 

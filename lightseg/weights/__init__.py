@@ -111,7 +111,8 @@ def resolve_init_source(spec: str, model: str) -> tuple[dict, str, str]:
     from ..checkpoint import load_checkpoint
 
     path = Path(spec).expanduser()
-    looks_like_file = path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") or "/" in spec or path.exists()
+    # A bare word is a shipped name even when the current folder holds a folder of that name (a dataset)
+    looks_like_file = path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") or "/" in spec or path.is_file()
     if not looks_like_file:
         try:
             record = find_weights(model, spec)
