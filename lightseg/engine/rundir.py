@@ -137,7 +137,7 @@ def claim_run_dir(run_dir, fresh: bool = True, next_free: bool = False):
     run_dir = Path(run_dir)
     for k in range(1, MAX_RUN_NUMBER + 1):
         candidate = _numbered(run_dir, k)
-        if next_free and _earlier_run_files(candidate):
+        if next_free and (_earlier_run_files(candidate) or (k > 1 and candidate.exists() and not candidate.is_dir())):
             continue
         created = _first_missing(candidate)
         lock = RunLock(candidate)
