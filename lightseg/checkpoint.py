@@ -158,7 +158,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(
             f"{path}: refused: it is not a weights-only checkpoint (it would need arbitrary unpickling, "
             f"which can run code) or it is corrupt. Only load checkpoints from sources you trust; "
-            f"re-save the weights with torch.save(model.state_dict(), path). Detail: {e.__class__.__name__}: {str(e)[:300]}"
+            f"re-save the weights with torch.save(model.state_dict(), path). Detail: {e.__class__.__name__}: "
+            f"{' '.join(str(e).split())[:300]}"
         ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
@@ -209,3 +210,46 @@ def load_model_weights(model: nn.Module, checkpoint, path_for_errors="checkpoint
             parts.append(f"unexpected keys: {', '.join(unexpected[:8])}" + (f" ... ({len(unexpected)})" if len(unexpected) > 8 else ""))
         raise CheckpointError("; ".join(parts) + ". Use the model name and num_classes the checkpoint was trained with.")
     model.load_state_dict(state, strict=True)
+
+
+def load_matching_weights(model: nn.Module, checkpoint, source="checkpoint") -> dict:
+    """Fine-tuning's load: copy into ``model`` every tensor of ``checkpoint['model']`` (or a plain state dict)
+    whose name and shape match; the model's other tensors keep their values (its fresh initialisation).
+
+    Returns ``{"loaded": [names], "reinitialized": [names], "unused": [source names]}``. Refuses (naming
+    ``source``) a source of which no weight matches: another architecture, not a starting point.
+    """
+    state = checkpoint["model"] if isinstance(checkpoint, dict) and "model" in checkpoint else checkpoint
+    state = strip_wrapper_prefixes(state)
+    own = model.state_dict()
+    loaded = [k for k, v in own.items() if k in state and tuple(state[k].shape) == tuple(v.shape)]
+    if not [k for k in loaded if not k.endswith("num_batches_tracked")]:
+        name = getattr(model, "lightseg_name", type(model).__name__)
+        raise CheckpointError(f"{source}: none of its {len(state)} tensors matches {name} by name and shape (it holds "
+                              f"{', '.join(list(state)[:3]) or 'nothing'} ...): it is another model's. Pass weights of "
+                              f"{name}: a shipped name (lightseg models lists them) or a checkpoint trained with it")
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    taken = set(loaded)
+    return {"loaded": loaded, "reinitialized": [k for k in own if k not in taken],
+            "unused": [k for k in state if k not in taken]}
+
+
+def _by_module(names) -> str:
+    """'classifier (weight, bias); aux.0 (weight)': tensor names grouped by the module that holds them."""
+    groups: dict = {}
+    for name in names:
+        module, _, leaf = name.rpartition(".")
+        groups.setdefault(module or "(top)", []).append(leaf)
+    return "; ".join(f"{m} ({', '.join(leaves)})" for m, leaves in groups.items())
+
+
+def format_init_report(head: str, report: dict) -> str:
+    """The lines ``lightseg train --init-from`` prints: what was loaded, re-initialised and left unused."""
+    n_model = len(report["loaded"]) + len(report["reinitialized"])
+    lines = [f"{head}: loaded {len(report['loaded'])} of the model's {n_model} tensors (name and shape match)"]
+    if report["reinitialized"]:
+        lines.append(f"  re-initialised {len(report['reinitialized'])} (not in the source, or another shape): "
+                     f"{_by_module(report['reinitialized'])}")
+    if report["unused"]:
+        lines.append(f"  unused from the source {len(report['unused'])}: {_by_module(report['unused'])}")
+    return "\n".join(lines)

@@ -71,15 +71,33 @@ def cmd_models(args):
 def cmd_train(args):
     from .engine.train import train
 
-    overrides = list(args.set)
-    if args.data_root is not None:
-        overrides.append(f"data.root={args.data_root}")
+    overrides = _recipe_overrides(args)
+    if args.init_from is not None:
+        overrides.append(f"model.init_from={json.dumps(args.init_from)}")
+    if args.output_dir is not None:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
     if args.no_val:
         overrides.append("train.val_interval=0")
     if args.tensorboard:
         overrides.append("train.tensorboard=true")
     train(args.config, overrides=overrides, resume=args.resume, skip_bad=args.skip_bad, force_override=args.force_override,
           max_bad=args.max_bad)
+
+
+def _recipe_overrides(args) -> list[str]:
+    """--set pairs, then --data-root as data.root (quoted: a path is not parsed as YAML)."""
+    overrides = list(args.set)
+    if args.data_root is not None:
+        overrides.append(f"data.root={json.dumps(args.data_root)}")
+    return overrides
+
+
+def cmd_config(args):
+    from .config import dump_config, load_config
+
+    sys.stdout.write(dump_config(load_config(args.config, _recipe_overrides(args))))
 
 
 def cmd_eval(args):
@@ -206,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "optional with --resume RUN_DIR, which continues with the run's own saved config")
     _add_set(s)
     s.add_argument("--data-root", default=None, metavar="DIR", help="the dataset folder (same as --set data.root=DIR)")
+    s.add_argument("--init-from", default=None, metavar="WEIGHTS|CKPT",
+                   help="fine-tune: start from shipped weights of the recipe's model (e.g. camvid) or a .pt file; tensors "
+                        "whose name and shape match are loaded, the rest (e.g. the classifier) re-initialised; iteration "
+                        "0, fresh optimiser (same as --set model.init_from=...)")
+    s.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="the run folder (same as --set output_dir=DIR); a folder named so that already holds a run is "
+                        "refused, while the recipe's own output_dir moves on to NAME2, NAME3, ...")
+    s.add_argument("--device", default=None, choices=DEVICES,
+                   help="where training runs (same as --set train.device=...): auto = CUDA if available, then Apple MPS, "
+                        "then the CPU (default: the recipe's train.device, auto unless set)")
     s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_DIR|CKPT",
                    help="continue a run (no value: the run directory of this recipe)")
     s.add_argument("--force-override", action="store_true",
@@ -218,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-bad", type=_share, default=0.1, metavar="SHARE",
                    help="with --skip-bad: stop when more than this share of a split's samples is bad (default 0.1)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("config", help="print the fully resolved recipe (bases merged, --set applied) as YAML")
+    s.add_argument("config", metavar="RECIPE", help="a recipe name such as mininet_211k_camvid or a YAML file")
+    _add_set(s)
+    s.add_argument("--data-root", default=None, metavar="DIR", help="the dataset folder (same as --set data.root=DIR)")
+    s.set_defaults(func=cmd_config)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint: confusion matrix, per-class IoU, mIoU")
     s.add_argument("config", metavar="RECIPE", help="the recipe the model was trained with (a name or a YAML file)")

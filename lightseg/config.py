@@ -5,9 +5,15 @@
 ``[512, 1024]`` a list and ``null`` None), and checks every key and value. A key that does not exist
 is a ``ConfigError`` naming the key, the file and the nearest valid key.
 
-Relative paths in a recipe (``data.root``, ``output_dir``, ``model.pretrained_backbone``) are
-resolved against the current working directory, not against the recipe's folder: run `lightseg`
-from the checkout root (or pass absolute paths / ``--set data.root=...``).
+Relative paths in a recipe (``data.root``, ``output_dir``, ``model.pretrained_backbone``,
+``model.init_from``) are resolved against the current working directory, not against the recipe's
+folder: run `lightseg` from the checkout root (or pass absolute paths / ``--set data.root=...``).
+
+Inheritance: ``base: other.yaml`` (mmseg's ``_base_`` is accepted too; a list of bases is merged in
+order) reads the base first and deep-merges the recipe over it. The base is a path relative to the
+recipe's own folder, or a shipped recipe's name. Chains are followed up to ``MAX_BASE_DEPTH`` files;
+a cycle is refused naming the files. ``output_dir`` is not inherited: a recipe's runs go to its own
+``output_dir``, else ``runs/<its file name>``, never into its base's folder.
 """
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ DEFAULTS: dict = {
         "name": "mininet_211k",
         "num_classes": 11,
         "pretrained_backbone": None,
+        # Fine-tuning: a shipped weights name of this model (camvid) or a .pt path; every tensor whose name
+        # and shape match is loaded, the rest (e.g. a classifier for another class count) keeps its fresh init.
+        "init_from": None,
         "kwargs": {},
     },
     "data": _data_defaults(),
@@ -122,6 +131,11 @@ NON_NEGATIVE_NUMBERS = {"train.optimizer.lr", "train.optimizer.weight_decay", "t
                         "data.train_transforms.translate", "data.train_transforms.color_jitter",
                         "train.loss.lovasz_weight", "train.scheduler.plateau_patience", "train.grad_clip",
                         "train.val_interval"}
+
+
+# Recipe inheritance (base: / _base_): the longest chain of files followed.
+MAX_BASE_DEPTH = 8
+BASE_KEYS = ("base", "_base_")
 
 
 def _where(source) -> str:
@@ -386,8 +400,11 @@ def validate(cfg: dict, source=None, origins=None) -> dict:
                                                               and math.isfinite(w) for w in aux)):
         fail("train.loss.aux_weights", aux, "null or a list of numbers, one per auxiliary output of the model")
     device = t["device"]
-    if not (device in ("auto", "cpu", "cuda") or str(device).startswith("cuda:")):
-        fail("train.device", device, "auto, cpu, cuda or cuda:N")
+    if not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):
+        fail("train.device", device, "auto, cpu, cuda, cuda:N or mps")
+    init_from = cfg["model"]["init_from"]
+    if init_from is not None and not (isinstance(init_from, str) and init_from.strip()):
+        fail("model.init_from", init_from, "null, a shipped weights name of the model (e.g. camvid) or a .pt file")
     return cfg
 
 
@@ -438,20 +455,77 @@ def _read_recipe(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
+def _base_of(recipe: dict, path: Path) -> list[Path]:
+    """The files named by ``recipe``'s ``base:`` / ``_base_:`` (popped from it), resolved: a path relative
+    to the recipe's folder, else a shipped recipe's name."""
+    given = [k for k in BASE_KEYS if k in recipe]
+    if len(given) > 1:
+        raise ConfigError(f"{path}: both 'base' and '_base_' are set; keep one of them")
+    if not given:
+        return []
+    names = recipe.pop(given[0])
+    names = names if isinstance(names, list) else [names]
+    out = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{path}: {given[0]}: got {name!r}; expected a recipe file (relative to {path.parent}) "
+                              f"or a shipped recipe's name")
+        local = path.parent / name
+        if local.is_file():
+            out.append(local)
+            continue
+        try:
+            out.append(resolve_recipe(name))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {given[0]}: {name!r} not found: no file {local} and no shipped recipe of that "
+                              f"name; fix the {given[0]} line of {path}") from e
+    return out
+
+
+def recipe_layers(path) -> list[tuple[Path, dict]]:
+    """``[(file, its own keys), ...]`` of the recipe at ``path`` and of the bases it inherits from, the
+    farthest base first: the order in which they are merged over ``DEFAULTS``."""
+    layers: list[tuple[Path, dict]] = []
+
+    def visit(file: Path, chain: list[Path]):
+        real = file.resolve()
+        if real in chain:
+            cycle = " -> ".join(str(p) for p in [*chain[chain.index(real):], real])
+            raise ConfigError(f"recipe inheritance loops: {cycle}; remove the base line that closes the loop")
+        if len(chain) >= MAX_BASE_DEPTH:
+            raise ConfigError(f"{file}: more than {MAX_BASE_DEPTH} recipes chained through base: "
+                              f"({' -> '.join(str(p) for p in chain)} -> ...); shorten the chain")
+        recipe = _fix_float_strings(_read_recipe(file))
+        if not isinstance(recipe, dict):
+            raise ConfigError(f"{file}: the recipe must be a mapping of keys, got {recipe!r}")
+        bases = _base_of(recipe, file)
+        for base in bases:
+            visit(base, [*chain, real])
+            if layers and "output_dir" in layers[-1][1]:  # a base's run folder is its own (module docstring)
+                layers[-1] = (layers[-1][0], {k: v for k, v in layers[-1][1].items() if k != "output_dir"})
+        layers.append((file, recipe))
+
+    visit(Path(path), [])
+    return layers
+
+
 def load_config(path, overrides=(), recipe=None) -> dict:
-    """Read the recipe at ``path`` (a YAML file or a shipped recipe's name), merge it over DEFAULTS,
-    apply ``overrides`` ('a.b=c'), validate.
+    """Read the recipe at ``path`` (a YAML file or a shipped recipe's name) and the recipes it inherits
+    from (``base:``), merge them over DEFAULTS, apply ``overrides`` ('a.b=c'), validate.
 
     ``recipe``: the recipe as a dict already read (e.g. the config saved in a checkpoint); ``path``
     then only names it in messages.
     """
     if recipe is None:
         path = resolve_recipe(path)
-        recipe = _read_recipe(path)
+        layers = recipe_layers(path)
+    else:
+        layers = [(Path(path), _fix_float_strings(recipe))]
     path = Path(path)
-    recipe = _fix_float_strings(recipe)
-    cfg = deep_merge(DEFAULTS, recipe, source=str(path))
-    _apply_iters_or_epochs(cfg, recipe)
+    cfg = DEFAULTS
+    for source, layer in layers:
+        cfg = deep_merge(cfg, layer, source=str(source))
+        _apply_iters_or_epochs(cfg, layer)
     origins = {}  # dotted key -> the --set that gave it, so that a bad value blames the --set, not the file
     for text in overrides or ():
         key, value = parse_override(text)

@@ -95,6 +95,8 @@ def test_every_recipe_resolves(path):
     stem = path.stem
     assert stem.startswith(cfg["model"]["name"] + "_")
     dataset = stem[len(cfg["model"]["name"]) + 1:]
+    dataset, _, variant = dataset.partition("_")  # mininet_211k_camvid_trainval: a variant of the camvid recipe
+    assert variant in ("", "trainval")
     if dataset != "synthetic":
         assert dataset == cfg["data"]["name"]
         assert cfg["output_dir"] == f"runs/{stem}"

@@ -106,10 +106,12 @@ def test_fresh_run_refuses_a_folder_with_an_earlier_runs_files(run, capsys, pres
     for name in set(RUN_FILES) - set(present):
         (run_dir / name).unlink()
     before = _snapshot(run_dir)
-    code, err = _cli_exit(["train", str(recipe)], capsys)
+    # a folder the user names is refused; the recipe's own output_dir moves on to the next free name instead
+    code, err = _cli_exit(["train", str(recipe), "--set", f"output_dir={run_dir}"], capsys)
     assert code == 2 and str(run_dir) in err and all(name in err for name in present)
     assert "output_dir=" in err
     assert _snapshot(run_dir) == before
+    assert not run_dir.with_name("run2").exists()
 
 
 def test_output_dir_that_is_a_file(base, tmp_path, capsys):
@@ -133,9 +135,13 @@ def test_second_concurrent_run_exits_2_naming_the_first(base, tmp_path, capsys):
             time.sleep(0.05)
         first.send_signal(signal.SIGSTOP)  # frozen: what the second run does is all that can change the folder
         before = _snapshot(run_dir)
-        for extra in ([], ["--resume"]):
+        for extra in (["--output-dir", str(run_dir)], ["--resume"]):
             code, err = _cli_exit(["train", str(recipe), *extra], capsys)
             assert code == 2 and f"pid {first.pid}" in err and str(run_dir) in err, err
+        assert _snapshot(run_dir) == before and not run_dir.with_name("run2").exists()
+        # the recipe's own folder, in use, is passed over for the next free one
+        assert main(["train", str(recipe), "--set", "train.iters=1", "--no-val"]) == 0
+        assert load_checkpoint(run_dir.with_name("run2") / "last.pt")["iteration"] == 1
         assert _snapshot(run_dir) == before
         first.send_signal(signal.SIGCONT)
         first.send_signal(signal.SIGTERM)

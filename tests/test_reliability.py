@@ -104,9 +104,12 @@ def test_malicious_pickle_is_refused_without_running(trained, tmp_path, capsys):
 def test_existing_run_is_not_overwritten(trained, capsys):
     recipe, run_dir = trained
     before = _snapshot(run_dir)
-    assert main(["train", str(recipe)]) == 2
+    assert main(["train", str(recipe), "--output-dir", str(run_dir)]) == 2  # a folder the user named: refused
     err = capsys.readouterr().err
     assert "--resume" in err and str(run_dir) in err
+    assert _snapshot(run_dir) == before
+    assert main(["train", str(recipe), "--set", "train.iters=1"]) == 0  # the recipe's own: the next free folder
+    assert f"this run writes to {run_dir.with_name('run2')}" in capsys.readouterr().err
     assert _snapshot(run_dir) == before
 
 

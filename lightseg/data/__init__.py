@@ -14,7 +14,9 @@ workers and epochs.
 from __future__ import annotations
 
 import copy
+import os
 import random
+import sys
 
 import numpy as np
 
@@ -113,6 +115,31 @@ def build_dataset(data_cfg: dict, split: str, train: bool) -> SegmentationDatase
     if train:
         ds.transform = build_train_transforms(cfg["train_transforms"], image_fill=ds.image_fill())
     return ds
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's share), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+_CAPPED_SAID: set = set()
+
+
+def loader_workers(requested: int, who: str = "lightseg", say: bool = True) -> int:
+    """``data.num_workers`` capped at :func:`usable_cpus`: more loader processes than CPUs only compete with the
+    model for them (and PyTorch warns about it). The cap is said once per process on stderr."""
+    requested = int(requested or 0)
+    cap = usable_cpus()
+    if requested <= cap:
+        return requested
+    if say and (requested, cap) not in _CAPPED_SAID:
+        _CAPPED_SAID.add((requested, cap))
+        print(f"{who}: data.num_workers {requested} is more than the {cap} CPU(s) this process may use; "
+              f"loading with {cap} worker(s)", file=sys.stderr)
+    return cap
 
 
 def worker_init_fn(worker_id: int) -> None:

@@ -209,8 +209,12 @@ def pair_by_stem(images, label_for) -> list[tuple[Path, Path]]:
 
 
 def layout_error(root, what: str, tree: str) -> DataError:
-    return DataError(f"{what} under dataset root {root}. Expected layout:\n{tree.rstrip()}\n"
-                     "Set data.root (or --data-root) to the folder that contains this tree.")
+    fix = "Point lightseg at the folder that contains this tree: --data-root DIR (or --set data.root=DIR)."
+    root = Path(root)
+    if not root.is_dir():  # e.g. a shipped recipe's ../shared/data/camvid, run from another folder
+        where = "" if root.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        return DataError(f"data.root {str(root)!r} does not exist{where}. {fix} Expected layout:\n{tree.rstrip()}")
+    return DataError(f"{what} under dataset root {root}. Expected layout:\n{tree.rstrip()}\n{fix}")
 
 
 class SegmentationDataset(Dataset):

@@ -197,7 +197,7 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     from .. import create_model
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..config import load_config
-    from ..data import build_dataset, resolve_split, scan_samples
+    from ..data import build_dataset, loader_workers, resolve_split, scan_samples
     from ..devices import resolve_device
     from ..outputs import (check_output_dir, check_output_file, check_outputs_apart, refuse_links_in,
                            remove_stale_temp_files)
@@ -284,7 +284,7 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         distributed=info.distributed,
         progress=True,
         save_predictions=save_predictions,
-        num_workers=int(data_cfg.get("num_workers", 0) or 0),
+        num_workers=loader_workers(data_cfg.get("num_workers", 0), "lightseg eval"),
         mode=mode,
         crop=crop if crop is not None else eval_cfg.get("crop"),
         stride=stride if stride is not None else eval_cfg.get("stride"),

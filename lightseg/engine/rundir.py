@@ -2,8 +2,10 @@
 files, and a resume that continues with the run's own settings unless told otherwise."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError, LightsegError
@@ -12,6 +14,11 @@ from ..outputs import check_output_dir, open_output, write_error
 # What `lightseg train` writes in a run folder: a fresh run refuses a folder that holds any of them.
 RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "bad_samples.jsonl")
 LOCK_NAME = ".lightseg-train.lock"
+# What a start that fails before training writes (the resolved config, the class-weight cache, TensorBoard's
+# first events): a folder that holds nothing else of the run is removed again (see claim_run_dir).
+START_FILES = ("config.yaml", "cache", "tensorboard")
+# A new run whose folder comes from the recipe or the default takes NAME2, NAME3, ... up to this one.
+MAX_RUN_NUMBER = 9999
 
 # Keys whose change does not change the weights a run ends with: where files go, how often it logs,
 # saves and validates, how fast data loads, how the model is scored. Any other difference between
@@ -85,10 +92,14 @@ class RunLock:
         return False
 
 
+def _earlier_run_files(run_dir: Path) -> list[str]:
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
 def check_fresh_run_dir(run_dir) -> None:
     """A fresh run must not write over an earlier run's files."""
     run_dir = Path(run_dir)
-    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    found = _earlier_run_files(run_dir)
     if not found:
         return
     if "last.pt" in found:
@@ -97,6 +108,106 @@ def check_fresh_run_dir(run_dir) -> None:
         how = "it saved no checkpoint to continue from: delete the folder if it is not needed"
     raise ConfigError(f"output_dir {str(run_dir)!r} already holds {', '.join(found)} of an earlier run; {how}, "
                       f"or write elsewhere with --set output_dir=runs/NEW_NAME")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet: what creating it makes."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _numbered(run_dir: Path, k: int) -> Path:
+    return run_dir if k == 1 else run_dir.with_name(f"{run_dir.name}{k}")
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir, fresh: bool = True, next_free: bool = False):
+    """Hold the run folder's lock for the ``with`` block and yield the folder.
+
+    ``fresh``: a new run, which must not write over an earlier run (:func:`check_fresh_run_dir`). With
+    ``next_free`` (the folder came from the recipe or the default, not from the user), a folder that holds
+    an earlier run or is in use is passed over for ``NAME2``, ``NAME3``, ... as Ultralytics does; each
+    candidate is checked while its lock is held, so two runs started at once take different folders.
+
+    When the block raises, what the failed start wrote is taken back: the ``START_FILES`` this run added,
+    provided the run added nothing else (a log, a checkpoint, a list of bad samples stay, with what they
+    sit beside), and then the folder and its parents if this run created them and they are empty.
+    """
+    run_dir = Path(run_dir)
+    for k in range(1, MAX_RUN_NUMBER + 1):
+        candidate = _numbered(run_dir, k)
+        if next_free and (_earlier_run_files(candidate) or (k > 1 and candidate.exists() and not candidate.is_dir())):
+            continue
+        created = _first_missing(candidate)
+        lock = RunLock(candidate)
+        try:
+            lock.__enter__()
+        except RunLocked:
+            if next_free:
+                continue
+            raise
+        try:
+            if fresh:
+                check_fresh_run_dir(candidate)
+        except ConfigError:
+            lock.__exit__(None, None, None)
+            if next_free:  # another run wrote there between the look and the lock
+                continue
+            raise
+        break
+    else:
+        raise ConfigError(f"output_dir: {run_dir} and {run_dir.name}2 ... {run_dir.name}{MAX_RUN_NUMBER} all hold runs; "
+                          f"write elsewhere with --set output_dir=runs/NEW_NAME")
+    if candidate != run_dir and int(os.environ.get("RANK", "0")) == 0:
+        print(f"lightseg train: {run_dir} holds an earlier run or one in progress (continue it with lightseg train "
+              f"--resume {run_dir}); this run writes to {candidate}", file=sys.stderr)
+    before = set(os.listdir(candidate))
+    try:
+        yield candidate
+    except BaseException:
+        _take_back_start(candidate, before)  # still locked: nobody else writes there meanwhile
+        lock.__exit__(None, None, None)
+        if created is not None:
+            _remove_empty_folders(candidate, created)
+        raise
+    finally:
+        lock.__exit__(None, None, None)  # a no-op when already released
+
+
+def _take_back_start(run_dir: Path, before: set) -> None:
+    """Remove the START_FILES entries added since ``before`` if the run added nothing else."""
+    try:
+        added = set(os.listdir(run_dir)) - before - {LOCK_NAME}
+    except OSError:
+        return
+    if not added or not added <= set(START_FILES):
+        return
+    for name in added:
+        path = run_dir / name
+        with contextlib.suppress(OSError):
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()
+                continue
+            entries = list(path.iterdir())
+            if all(e.is_file() and not e.is_symlink() for e in entries):  # only files this run wrote there
+                for e in entries:
+                    e.unlink()
+                path.rmdir()
+
+
+def _remove_empty_folders(run_dir: Path, top: Path) -> None:
+    """rmdir ``run_dir`` and its parents up to ``top`` while they are empty (rmdir refuses a folder that is not)."""
+    for p in (run_dir, *run_dir.parents):
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
 
 
 def _flatten(tree, prefix="") -> dict:

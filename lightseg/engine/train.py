@@ -18,7 +18,8 @@ Run directory (``output_dir``): ``config.yaml`` (resolved recipe), ``log.jsonl``
 ``ckpt_interval`` iterations, before and after each validation, at the end and on SIGINT/SIGTERM),
 ``best.pt`` (best validation mIoU), ``bad_samples.jsonl`` (``--skip-bad``). Under torchrun only rank 0
 writes. While a run trains, ``.lightseg-train.lock`` holds its pid (:mod:`.rundir`: one process per
-folder, no fresh run over an earlier one, a resume keeps the run's settings unless forced).
+folder, no fresh run over an earlier one (a re-run of a recipe takes ``NAME2``, ...), a resume keeps the
+run's settings unless forced; a start that fails takes its folder back).
 """
 from __future__ import annotations
 
@@ -40,13 +41,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import (atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
                           remove_stale_temp_files, save_checkpoint)
-from ..config import load_config, safe_load_bounded, save_config
+from ..config import load_config, parse_override, safe_load_bounded, save_config
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
 from ..outputs import (OutputError, append_text, check_output_dir, check_outputs_apart, output_subdir, refuse_links_in,
                        write_error)
 from . import distributed as du
 from .optim import IterationScheduler, build_optimizer
-from .rundir import LOCK_NAME, RUN_FILES, RunLock, check_fresh_run_dir, resume_differences
+from .rundir import LOCK_NAME, RUN_FILES, claim_run_dir, resume_differences
 
 # --skip-bad: when more than this share of a split's samples is bad, the run stops (the data are broken,
 # not a few files); `--max-bad` changes it.
@@ -267,8 +268,12 @@ class Trainer:
     """Builds model, data, optimiser, schedule and criterion from a resolved config; ``fit()`` trains."""
 
     def __init__(self, cfg: dict, resume=None, skip_bad: bool = False, config_path=None, force_override: bool = False,
-                 max_bad: float = MAX_BAD_SHARE):
+                 max_bad: float = MAX_BAD_SHARE, next_free_dir: bool = False):
+        """``next_free_dir``: ``output_dir`` came from the recipe or the default, not from the user, so a new run
+        whose folder already holds a run writes to ``NAME2``, ``NAME3``, ... instead of being refused."""
         self.cfg = cfg
+        self.next_free_dir = next_free_dir and not resume
+        self.init_record = None
         self.skip_bad = skip_bad
         self.config_path = config_path
         self.resume = resume
@@ -292,6 +297,10 @@ class Trainer:
         cfg, t = self.cfg, self.cfg["train"]
         self.dist = du.setup(t["device"])
         self.device = self.dist.device
+        if self.dist.distributed and self.next_free_dir:  # rank 0 chose the folder (NAME2, ...): every rank uses it
+            chosen = [str(self.run_dir)]
+            torch.distributed.broadcast_object_list(chosen, src=0)
+            self._use_run_dir(Path(chosen[0]))
         if t["deterministic"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -318,8 +327,13 @@ class Trainer:
         pretrained = None if self.resume_ckpt is not None else cfg["model"]["pretrained_backbone"]
         model = create_model(cfg["model"]["name"], num_classes=n_cls, pretrained_backbone=pretrained,
                              **(cfg["model"]["kwargs"] or {}))
+        if cfg["model"]["init_from"] and self.resume_ckpt is None:  # on resume the checkpoint holds every weight
+            self._init_from(model, cfg["model"]["init_from"])
+        elif self.resume_ckpt is not None:
+            self.init_record = self._resume_state.get("init_from")
         paper_init = model_info(cfg["model"]["name"]).paper_pretrained
-        if paper_init and cfg["model"]["pretrained_backbone"] is None and self.dist.is_main and self.resume_ckpt is None:
+        if (paper_init and cfg["model"]["pretrained_backbone"] is None and not cfg["model"]["init_from"]
+                and self.dist.is_main and self.resume_ckpt is None):
             print(f"lightseg train: warning: {cfg['model']['name']}'s paper starts from {paper_init}; this run trains "
                   f"the backbone from random weights (model.pretrained_backbone: null; 'imagenet' takes torchvision's)",
                   file=sys.stderr)
@@ -383,6 +397,26 @@ class Trainer:
         if self.resume_ckpt is not None:
             self._load_resume()
 
+    def _use_run_dir(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.cfg["output_dir"] = str(run_dir)
+        self.log_path = run_dir / "log.jsonl"
+        self.bad_path = run_dir / "bad_samples.jsonl"
+
+    def _init_from(self, model, spec: str) -> None:
+        """Fine-tuning: load every tensor of ``spec`` whose name and shape match; the others keep the fresh
+        initialisation. Recorded in each checkpoint (source, sha256, what was loaded)."""
+        from ..checkpoint import format_init_report, load_matching_weights
+        from ..weights import resolve_init_source
+
+        state, label, digest = resolve_init_source(spec, self.cfg["model"]["name"])
+        report = load_matching_weights(model, state, source=f"--init-from {spec} ({label})")
+        self.init_record = {"source": spec, "file": label, "sha256": digest, "loaded": len(report["loaded"]),
+                            "reinitialized": report["reinitialized"], "unused": report["unused"]}
+        if self.dist.is_main:
+            print(format_init_report(f"lightseg train: --init-from {spec} ({label}, sha256 {digest[:12]})", report),
+                  file=sys.stderr)
+
     def _check_val_split(self):
         """Find unusable validation samples before training (not at the first validation, hours in): missing,
         truncated or unreadable files, image/label size mismatches, images under the models' minimum size.
@@ -443,7 +477,7 @@ class Trainer:
         for key in ("optimizer", "iteration"):
             if key not in ckpt:
                 raise CheckpointError(f"{self.resume_ckpt}: holds weights only (no {key!r}); it cannot be resumed. "
-                                      f"Start a new run (and load the weights with model.pretrained_backbone or in Python)")
+                                      f"Fine-tune from its weights in a new run instead: lightseg train RECIPE --init-from {self.resume_ckpt}")
         saved_opt = ckpt.get("optimizer_name")
         want_opt = self.cfg["train"]["optimizer"]["name"]
         if saved_opt is not None and saved_opt != want_opt:
@@ -499,10 +533,13 @@ class Trainer:
         self._log_pending = None
 
     def _loader(self):
+        from ..data import loader_workers
+
         d, t = self.cfg["data"], self.cfg["train"]
         sampler = InfiniteBatchSampler(len(self.train_set), t["batch_size"], t["seed"], self.dist.rank,
                                        self.dist.world_size, start_iter=self.iteration)
-        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=d["num_workers"],
+        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler,
+                          num_workers=loader_workers(d["num_workers"], "lightseg train", self.dist.is_main),
                           collate_fn=collate_with_bad, pin_memory=self.device.type == "cuda",
                           worker_init_fn=_worker_init,
                           # DataLoader draws its workers' base seed from this, not from the global generator
@@ -561,6 +598,8 @@ class Trainer:
             "optimizer_steps": int(self.optimizer_steps),
             "train_samples": len(ds),
             "val_pending": False,
+            # Fine-tuning's starting point (model.init_from): what was loaded, from which file (sha256).
+            "init_from": self.init_record,
         }
 
     def _check_savable(self, lr: float) -> None:
@@ -656,27 +695,32 @@ class Trainer:
         self.tb = None
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
         try:
-            # One process per run folder: a second one exits naming the first, before it writes anything.
-            with RunLock(self.run_dir) if main else contextlib.nullcontext():
-                if main:  # a link planted where the run writes would send a write out of the folder
-                    refuse_links_in(self.run_dir, (*RUN_FILES, "tensorboard"))
-                if main and self.resume_ckpt is None:
-                    check_fresh_run_dir(self.run_dir)
-                if main:  # what a process killed during a save left (we hold the lock: nobody is writing)
-                    remove_stale_temp_files(self.run_dir, RUN_FILES)
-                if self.resume_ckpt is not None:
-                    self._resume_state = load_checkpoint(self.resume_ckpt)
-                    self._check_resume_config(self._resume_state)
-                self._build()
-                if self.cfg["train"]["tensorboard"] and self.dist.is_main:
-                    from .tensorboard import TensorBoardLogger
+            # One process per run folder: a second one exits naming the first, before it writes anything (or,
+            # when the folder is the recipe's own, takes the next free NAME2, ...). A failed start is taken back.
+            claim = claim_run_dir(self.run_dir, fresh=self.resume_ckpt is None, next_free=self.next_free_dir)
+            with claim if main else contextlib.nullcontext(self.run_dir) as run_dir:
+                if run_dir != self.run_dir:
+                    self._use_run_dir(run_dir)
+                try:
+                    if main:  # a link planted where the run writes would send a write out of the folder
+                        refuse_links_in(self.run_dir, (*RUN_FILES, "tensorboard"))
+                    if main:  # what a process killed during a save left (we hold the lock: nobody is writing)
+                        remove_stale_temp_files(self.run_dir, RUN_FILES)
+                    if self.resume_ckpt is not None:
+                        self._resume_state = load_checkpoint(self.resume_ckpt)
+                        self._check_resume_config(self._resume_state)
+                    self._build()
+                    if self.cfg["train"]["tensorboard"] and self.dist.is_main:
+                        from .tensorboard import TensorBoardLogger
 
-                    self.tb = TensorBoardLogger(output_subdir(self.run_dir / "tensorboard"),
-                                                purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
-                return self._fit()
+                        self.tb = TensorBoardLogger(output_subdir(self.run_dir / "tensorboard"),
+                                                    purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
+                    return self._fit()
+                finally:  # closed while the folder is still held (a failed start's files are then taken back)
+                    if self.tb is not None:
+                        self.tb.close()
+                        self.tb = None
         finally:
-            if self.tb is not None:
-                self.tb.close()
             if hasattr(self, "dist"):
                 du.teardown(self.dist)
 
@@ -852,7 +896,9 @@ def train(config_path=None, overrides=(), resume=None, skip_bad: bool = False, f
           max_bad: float = MAX_BAD_SHARE) -> Path:
     """`lightseg train`: load the recipe, apply ``--set`` overrides, train (or resume); returns the run dir.
 
-    Without ``config_path``, ``resume`` (a run folder or .pt) continues the run with its own saved config."""
+    Without ``config_path``, ``resume`` (a run folder or .pt) continues the run with its own saved config.
+    A new run whose ``output_dir`` comes from the recipe or the default (no ``--set output_dir=``) and holds
+    an earlier run writes to ``NAME2``, ``NAME3``, ...; a folder the user named is refused instead."""
     if config_path is None:
         if not resume:
             raise ConfigError("lightseg train needs a RECIPE (a YAML file such as configs/mininet_95k_camvid.yaml), "
@@ -860,8 +906,9 @@ def train(config_path=None, overrides=(), resume=None, skip_bad: bool = False, f
         cfg = run_config(resume, overrides)
     else:
         cfg = load_config(config_path, overrides)
+    named = any(parse_override(text)[0] == "output_dir" for text in overrides or ())
     run_dir = Trainer(cfg, resume=resume, skip_bad=skip_bad, config_path=config_path, force_override=force_override,
-                      max_bad=max_bad).fit()
+                      max_bad=max_bad, next_free_dir=not named).fit()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"lightseg train: done, run directory {run_dir}", file=sys.stderr)
     return run_dir

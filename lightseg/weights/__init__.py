@@ -105,6 +105,30 @@ def load_weights(record: dict) -> dict:
     return obj
 
 
+def resolve_init_source(spec: str, model: str) -> tuple[dict, str, str]:
+    """``model.init_from`` / ``--init-from``: a shipped weights name of ``model`` (``camvid``) or the path of a
+    lightseg checkpoint or plain state dict. -> (checkpoint dict, the file, its sha256); loaded weights-only."""
+    from ..checkpoint import load_checkpoint
+
+    path = Path(spec).expanduser()
+    # A bare word is a shipped name even when the current folder holds a folder of that name (a dataset)
+    looks_like_file = path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin") or "/" in spec or path.is_file()
+    if not looks_like_file:
+        try:
+            record = find_weights(model, spec)
+        except LightsegError as e:
+            raise CheckpointError(f"--init-from {spec!r}: no such file, and {e}") from None
+        return load_weights(record), str(Path(WEIGHTS_DIR) / record["file"]), record["sha256"]
+    if path.is_dir():
+        raise CheckpointError(f"--init-from {spec}: is a folder; pass the .pt file in it (e.g. {path / 'best.pt'})")
+    try:
+        digest = sha256_of(path.read_bytes())
+    except OSError as e:
+        raise CheckpointError(f"--init-from {spec}: cannot be read ({e.strerror}); pass a .pt file written by "
+                              f"lightseg train or torch.save, or a shipped weights name of {model}") from None
+    return load_checkpoint(path), str(path), digest
+
+
 def manifest_record(path, model: str, weights: str, **fields) -> dict:
     """A manifest record for the weight file ``path`` (its name and sha256 filled in)."""
     path = Path(path)
