@@ -57,8 +57,12 @@ def main():
     p.add_argument("--zoo", action="store_true", help="add the paper FPS column")
     p.add_argument("--roofline", action="store_true", help="the per-model roofline / plain-baseline summary instead")
     args = p.parse_args()
-    data = json.load(open(args.json))
-    records = data["records"] if isinstance(data, dict) else data
+    text = open(args.json).read()
+    try:
+        data = json.loads(text)
+    except ValueError:  # JSON Lines, as lightseg bench --json streams them: one record per line
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = data["records"] if isinstance(data, dict) and "records" in data else data if isinstance(data, list) else [data]
     print(roofline_rows(records) if args.roofline else rows(records, zoo=args.zoo))
 
 

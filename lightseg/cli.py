@@ -62,6 +62,11 @@ def cmd_models(args):
     from .zoo import format_models_table, models_table
 
     rows = models_table(size=_size(args.size))
+    if args.markdown:
+        from .zoo import format_models_markdown
+
+        print(format_models_markdown(rows))
+        return
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -213,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list registered models with params, MACs and shipped weights")
     s.add_argument("--size", nargs=2, type=_side, metavar=("H", "W"), help="input size for MACs (default: each paper's size)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument("--markdown", action="store_true",
+                   help="print the table as markdown: README.md's Models table between its models-table markers")
     s.add_argument("--paper", nargs="?", const="", default=None, metavar="NAME",
                    help="every row of the papers' complexity tables (or of paper NAME: mininet, atonet, dual_aspp, "
-                        "shufflenetv2_dpc, rdsnet), the paper's params and FLOPs beside ours")
+                        "shufflenetv2_dpc), the paper's params and FLOPs beside ours (the RDS-Net paper has no such table)")
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("train", help="train from a recipe (a name such as mininet_211k_camvid, or a YAML path)")

@@ -225,16 +225,17 @@ def _cumulative_time(records: list[dict]) -> list[dict]:
     return out
 
 
-def plot_run(run_dir, output=None) -> Path:
-    """Plot loss, learning rate and val mIoU of a run against iteration (and time, when logged).
+# A series with at most this many points is drawn with a marker on each: a short run's one or two
+# records are then visible as points (a line needs two points, and one alone draws nothing).
+MARKER_MAX_POINTS = 50
 
-    Reads ``run_dir/log.jsonl``; writes ``run_dir/curves.png`` or ``output``; returns the PNG path.
-    """
-    from .outputs import check_outputs_apart
 
+def run_figure(run_dir):
+    """The matplotlib ``Figure`` of :func:`plot_run` (loss, learning rate, val mIoU and pixel accuracy against
+    iteration, and time when logged), on an Agg canvas. Every series has a legend entry, and one of at most
+    ``MARKER_MAX_POINTS`` points a marker on each point."""
     run_dir = Path(run_dir)
     log = run_dir / "log.jsonl"
-    check_outputs_apart([("the training log", log)], [("--output", output, None)])
     records = _cumulative_time(read_log(log))
     train = [r for r in records if r.get("kind") == "train" and "iter" in r]
     val = [r for r in records if r.get("kind") == "val" and "iter" in r]
@@ -248,36 +249,51 @@ def plot_run(run_dir, output=None) -> Path:
 
     def series(recs, key, x):
         pts = [(r[x], r[key]) for r in recs if r.get(key) is not None and r.get(x) is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        return ([t / 60.0 for t in xs] if x == "time" else xs), ys
 
-    panels = [("loss", train, "loss", "train loss"), ("lr", train, "lr", "learning rate"), ("miou", val, "miou", "val mIoU")]
+    # panel title -> its series: (records, log key, legend label, line style)
+    panels = [("train loss", [(train, "loss", "train loss", "-")]),
+              ("learning rate", [(train, "lr", "learning rate", "-")]),
+              ("val mIoU", [(val, "miou", "val mIoU", "-"), (val, "pixel_acc", "val pixel acc", "--")])]
     with_time = any("time" in r for r in train + val)
     axes_x = [("iter", "iteration")] + ([("time", "time (min)")] if with_time else [])
     fig = Figure(figsize=(12, 3.6 * len(axes_x)), dpi=100)
     FigureCanvasAgg(fig)
     for row, (xkey, xlabel) in enumerate(axes_x):
-        for col, (_, recs, key, title) in enumerate(panels):
+        for col, (title, lines) in enumerate(panels):
             ax = fig.add_subplot(len(axes_x), 3, row * 3 + col + 1)
-            xs, ys = series(recs, key, xkey)
-            if xkey == "time":
-                xs = [t / 60.0 for t in xs]
-            if xs:
-                ax.plot(xs, ys, marker="o" if key == "miou" else None, markersize=3)
-                if key == "miou":
-                    px, py = series(recs, "pixel_acc", xkey)
-                    if px:
-                        ax.plot([t / 60.0 for t in px] if xkey == "time" else px, py, "--", label="pixel acc")
-                        ax.legend(loc="lower right")
+            drawn = []
+            for recs, key, label, style in lines:
+                xs, ys = series(recs, key, xkey)
+                if xs:
+                    ax.plot(xs, ys, style, marker="o" if len(xs) <= MARKER_MAX_POINTS else None, markersize=4, label=label)
+                    drawn.append(ys)
+            if drawn:
+                ax.legend(loc="best")
             else:
                 ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes)
-            if key == "lr" and ys and min(ys) > 0 and max(ys) / min(ys) > 100:
+            ys = drawn[0] if drawn else []
+            if title == "learning rate" and ys and min(ys) > 0 and max(ys) / min(ys) > 100:
                 ax.set_yscale("log")
             ax.set_title(title)
             ax.set_xlabel(xlabel)
             ax.grid(True, alpha=0.3)
     fig.suptitle(str(run_dir))
     fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir, output=None) -> Path:
+    """Plot loss, learning rate and val mIoU of a run against iteration (and time, when logged).
+
+    Reads ``run_dir/log.jsonl``; writes ``run_dir/curves.png`` or ``output``; returns the PNG path.
+    """
+    from .outputs import check_outputs_apart
+
+    check_outputs_apart([("the training log", Path(run_dir) / "log.jsonl")], [("--output", output, None)])
+    fig = run_figure(run_dir)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    out = Path(output) if output is not None else run_dir / "curves.png"
+    out = Path(output) if output is not None else Path(run_dir) / "curves.png"
     return atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))

@@ -53,6 +53,7 @@ def _compute_rows(size=None, num_classes: int = 19) -> list[dict]:
                 "num_classes": num_classes,
                 "paper_params": info.paper_params,
                 "paper_macs": info.paper_macs,
+                "paper_note": info.extra.get("paper_note"),
             }
         )
     return rows
@@ -138,8 +139,58 @@ def format_models_table(rows) -> str:
     return "\n".join(lines)
 
 
+README_MARKERS = ("<!-- models-table:start -->", "<!-- models-table:end -->")
+
+
+def _count_short(v) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}K"
+
+
+def _paper_figures(r) -> str:
+    figures = [f"{r['paper_params'] / 1e6:g}M" if r["paper_params"] >= 1e6 else f"{r['paper_params'] / 1e3:g}K"] \
+        if r.get("paper_params") else []
+    if r.get("paper_macs"):
+        figures.append(f"{r['paper_macs'] / 1e9:g} G")
+    text = ", ".join(figures)
+    if r.get("paper_note"):
+        text += ("; " if text else "") + r["paper_note"]
+    return text or "-"
+
+
+def format_models_markdown(rows) -> str:
+    """The models table as markdown (`lightseg models --markdown`): README.md's "Models" table between
+    :data:`README_MARKERS` is this text, so the README shows what the code gives. The paper's figures are
+    the ``paper_params``/``paper_macs`` of each model's registration, at the same input, and its
+    ``extra["paper_note"]`` where the paper counts differently."""
+    lines = ["| name | paper | params | GMACs (input) | paper's figures |", "|---|---|---|---|---|"]
+    for r in rows:
+        params = _count_short(r["params_inference"])
+        if r["params"] > r["params_inference"]:
+            params += f" (+{_count_short(r['params'] - r['params_inference'])} train-only aux heads)"
+        h, w = r["input_size"]
+        lines.append(f"| `{r['name']}` | {r['paper']} | {params} | {r['macs'] / 1e9:.2f} ({h}x{w}) | {_paper_figures(r)} |")
+    return "\n".join(lines)
+
+
+def readme_models_block(text: str) -> str:
+    """What README.md holds between :data:`README_MARKERS` (without them), stripped."""
+    start, end = README_MARKERS
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise LightsegError(f"README.md must hold one {start} ... {end} pair around the models table")
+    return text[text.index(start) + len(start):text.index(end)].strip()
+
+
 def _delta(ours, paper):
     return None if paper in (None, 0) else (ours - paper) / paper
+
+
+# Papers of registered models that print no params/FLOPs table, and what they report instead (read from
+# /work/shared/papers): asked for with --paper, they get this line rather than a list of other names.
+PAPERS_WITHOUT_TABLES = {
+    "rdsnet": "the RDS-Net paper (Doan et al.) has no complexity table: its tables give the architecture (I), "
+              "accuracy (II-IV) and speed (V), no params or FLOPs; `lightseg models` lists rdsnet's params and MACs "
+              "computed from the code",
+}
 
 
 def paper_rows(paper: str | None = None) -> list[dict]:
@@ -150,6 +201,8 @@ def paper_rows(paper: str | None = None) -> list[dict]:
     from .models.registry import model_info, paper_tables
 
     tables = paper_tables()
+    if paper in PAPERS_WITHOUT_TABLES:
+        raise LightsegError(f"{PAPERS_WITHOUT_TABLES[paper]}; the papers with tables: {', '.join(sorted(tables))}")
     if paper is not None and paper not in tables:
         raise LightsegError(f"no complexity tables for paper {paper!r}; choose one of {', '.join(sorted(tables))}")
     out = []

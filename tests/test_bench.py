@@ -96,7 +96,7 @@ def test_backends_timed_together_with_plain_baseline_and_roofline(monkeypatch, c
     assert main(["bench", "--model", "rdsnet", "--size", "64", "64", "--backend", "all", "--warmup", "0", "--runs", "3",
                  "--roofline", "--json"]) == 0
     out = capsys.readouterr().out
-    records = json.loads(out)  # nothing but the JSON on stdout
+    records = [json.loads(line) for line in out.splitlines()]  # nothing but JSON Lines on stdout
     assert [r["backend"] for r in records] == ["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8",
                                                "onnxruntime_plain"]
     plain = records[-1]
@@ -219,3 +219,38 @@ def test_graph_traffic_hand_counted():
     assert t["unknown_shapes"] == 0
     r = roofline(flops=2e9, bytes_moved=1e8, ceiling={"fp32_gflops": 100.0, "copy_gb_s": 20.0})
     assert r == {"bound_compute_ms": 20.0, "bound_memory_ms": 5.0, "bound_ms": 20.0, "bound_by": "compute"}
+
+
+def test_bench_json_streams_one_record_per_line_and_progress_on_stderr(monkeypatch, capsys):
+    stdout_before, err = [], []  # what stdout held when each model's timing began; stderr all along
+    real = bench.benchmark_backends
+
+    def spy(name, *args, **kwargs):
+        captured = capsys.readouterr()
+        stdout_before.append(captured.out)
+        err.append(captured.err)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "benchmark_backends", spy)
+    assert main(["bench", "--model", "mininet_95k", "--model", "mininet_211k", "--size", "64", "64", "--backend",
+                 "eager_nchw", "--warmup", "0", "--runs", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert stdout_before[0] == ""  # nothing before the first model is done ...
+    first = stdout_before[1].splitlines()  # ... whose record is out before the second model starts
+    assert len(first) == 1 and json.loads(first[0])["model"] == "mininet_95k"
+    lines = captured.out.splitlines()
+    assert len(lines) == 1
+    last = json.loads(lines[0])
+    assert last["model"] == "mininet_211k" and last["backend"] == "eager_nchw" and last["runs"] == 1
+    assert last["size"] == [64, 64]
+    err = "".join(err) + captured.err
+    for words in ("[1/2] mininet_95k", "[2/2] mininet_211k", "mininet_211k: [1/1] building and warming up eager_nchw",
+                  "mininet_211k: eager_nchw ready in", "mininet_211k: timing eager_nchw"):
+        assert words in err, (words, err)
+
+
+def test_bench_peak_json_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "measure_peak", lambda device="cpu": dict(CEILING))
+    assert main(["bench", "--peak", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["peak"] == CEILING

@@ -302,9 +302,21 @@ def test_eval_command_round_trip_with_score(tmp_path, capsys):
     slide_report = json.loads(capsys.readouterr().out)
     assert slide_report["mode"] == "slide" and slide_report["crop"] == [64, 96] and slide_report["stride"] == [43, 64]
     assert slide_report["confusion_matrix"] == report["confusion_matrix"]
-    assert json.loads((tmp_path / "run" / "metrics_slide.json").read_text()) == slide_report
+    assert json.loads((tmp_path / "run" / "metrics_slide-64x96.json").read_text()) == slide_report
     assert main([*argv[:-2], "--mode", "slide", "--crop", "64", "64", "--stride", "32", "32"]) == 0
     assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion_matrix"])) == sum(map(sum, report["confusion_matrix"]))
+    assert (tmp_path / "run" / "metrics_slide-64x64_stride-32x32.json").is_file()
+
+    # each setting writes its own file and says which: the plain metrics.json is never overwritten
+    assert main([*argv[:-2], "--flip"]) == 0
+    captured = capsys.readouterr()
+    flip_report = json.loads(captured.out)
+    assert flip_report["flip"] is True and f"wrote {tmp_path / 'run' / 'metrics_flip.json'}" in captured.err
+    assert json.loads((tmp_path / "run" / "metrics_flip.json").read_text()) == flip_report
+    assert main([*argv[:-2], "--scales", "1", "1.5", "--flip"]) == 0
+    assert json.loads(capsys.readouterr().out)["scales"] == [1.0, 1.5]
+    assert (tmp_path / "run" / "metrics_flip_ms-1.0-1.5.json").is_file()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == report  # the plain one, untouched
     assert main([*argv[:-2], "--mode", "slide"]) == 2 and "eval.crop" in capsys.readouterr().err
 
     # the deployment paths evaluate through the same command: fp32 ONNX gives the eager confusion matrix,
@@ -330,3 +342,21 @@ def test_eval_command_round_trip_with_score(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "'mininet_211k'" in err and "test_eval_pixel_linear" in err
+
+
+def test_metrics_file_is_named_by_every_setting():
+    from lightseg.engine.evaluate import metrics_filename
+
+    assert metrics_filename() == "metrics.json"
+    assert metrics_filename(scales=[1]) == "metrics.json"  # scale 1 alone is the plain evaluation
+    assert metrics_filename(flip=True) == "metrics_flip.json"
+    assert metrics_filename(scales=(0.5, 1.0, 1.5)) == "metrics_ms-0.5-1.0-1.5.json"
+    assert metrics_filename(mode="slide", crop=(360, 360)) == "metrics_slide-360x360.json"
+    assert metrics_filename(mode="slide", crop=(360, 360), stride=(240, 240)) == "metrics_slide-360x360.json"  # default
+    assert metrics_filename(mode="slide", crop=(360, 360), stride=(180, 180)) == "metrics_slide-360x360_stride-180x180.json"
+    assert metrics_filename("test", "onnxruntime_int8", True, (0.75, 1.25), "slide", (64, 64)) == \
+        "metrics_test_onnxruntime_int8_flip_ms-0.75-1.25_slide-64x64.json"
+    assert metrics_filename(mode="whole", crop=(64, 64)) == "metrics.json"  # whole-image inference uses no window
+    names = {metrics_filename(flip=f, scales=s, mode=m, crop=(64, 64)) for f in (False, True)
+             for s in ((1.0,), (0.5, 1.0)) for m in ("whole", "slide")}
+    assert len(names) == 8  # no two settings share a file

@@ -280,3 +280,35 @@ def test_show_window(trained, tmp_path, capsys, monkeypatch):
     assert (shown[2][5:30, 5:120].min(axis=2) > 200).sum() > 30  # the FPS text
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(video), "--show", "--output", str(tmp_path / "p"),
                  "--max-frames", "2"]) == 0
+
+
+# ------------------------------------------------------------------ flags that would do nothing are refused
+def test_window_flags_without_slide_and_max_frames_on_images_exit_2(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    write_image(tmp_path / "a.png")
+    base = ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o")]
+    cases = [
+        (["--crop", "64", "64"], ["--crop", "add --mode slide"]),
+        (["--stride", "32", "32"], ["--stride", "add --mode slide"]),
+        (["--mode", "whole", "--crop", "64", "64", "--stride", "32", "32"], ["--crop and --stride", "add --mode slide"]),
+        (["--max-frames", "3"], ["--max-frames 3", "video, camera or stream", "drop --max-frames"]),
+    ]
+    for extra, words in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_show_without_gui_says_to_replace_the_headless_build(trained, tmp_path, capsys, monkeypatch):
+    ckpt, _ = trained
+    video = write_video(tmp_path / "v.mp4", frames=2)
+
+    def no_gui(*args):
+        raise cv2.error("The function is not implemented. Rebuild the library with GTK+ support")
+
+    monkeypatch.setattr(cv2, "namedWindow", no_gui)
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(video), "--output", str(tmp_path / "o"), "--show"]) == 2
+    err = capsys.readouterr().err
+    assert "pip uninstall opencv-python-headless && pip install opencv-python" in err
+    assert "drop --show" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -327,3 +327,52 @@ def test_a_bad_split_list_is_refused_naming_the_key(tmp_path, bad, capsys):
     assert main(["train", str(tiny_recipe(tmp_path, data)), "--set", f"data.train_split={bad}"]) == 2
     err = capsys.readouterr().err
     assert "data.train_split" in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- what the terminal shows
+def render_terminal(text: str) -> list[str]:
+    """The rows a terminal shows after ``text``: '\\r' returns to column 0 (what follows overwrites), '\\n'
+    starts the next row, ESC[A moves up a row (tqdm's nested bars); other escapes are dropped."""
+    import re
+
+    rows, row, col = [[]], 0, 0
+    for token in re.findall(r"\x1b\[A|\x1b\[[0-9;]*[A-Za-z]|\r|\n|[^\x1b\r\n]", text):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            rows.extend([] for _ in range(row + 1 - len(rows)))
+        elif token == "\x1b[A":
+            row = max(row - 1, 0)
+        elif token.startswith("\x1b"):
+            continue
+        else:
+            while len(rows) <= row:
+                rows.append([])
+            line = rows[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = token
+            col += 1
+    return ["".join(r).rstrip() for r in rows]
+
+
+def test_render_terminal_by_hand():
+    assert render_terminal("abc\rX\nnext") == ["Xbc", "next"]
+    assert render_terminal("bar 1\n\x1b[Atop") == ["top 1", ""]
+
+
+def test_val_lines_print_on_their_own_rows_beside_the_bars(tmp_path, capsys):
+    from lightseg.cli import main
+
+    data = make_camvid_like(tmp_path / "data", n_train=2, n_val=2)
+    recipe = tiny_recipe(tmp_path, data, iters=2, extra="  val_interval: 1")
+    assert main(["train", str(recipe)]) == 0
+    err = capsys.readouterr().err
+    rows = render_terminal(err)
+    val_rows = [r for r in rows if "val mIoU" in r]
+    assert len(val_rows) == 2, rows
+    for r in val_rows:  # the val line is a row of its own, nothing of a bar before or after it
+        assert r.startswith("lightseg train: iteration ") and r.endswith(")"), r
+    assert "\rval" in err  # validation draws its own progress bar (named val) ...
+    assert not any(r.lstrip().startswith("val") for r in rows)  # the val bar is gone once validation ends (leave=False)
+    assert any(r.startswith("train mininet_95k") for r in rows)  # the training bar stays

@@ -153,3 +153,45 @@ def test_time_counts_on_across_resumes():
            {"kind": "train", "iter": 30, "time": 4.0}, {"kind": "train", "iter": 40, "time": 1.0}]
     assert [r["time"] for r in _cumulative_time(log)] == [5.0, 7.0, 9.0, 11.0, 12.0]
     assert log[2]["time"] == 2.0  # the records read are not changed
+
+
+def _lines_by_label(fig):
+    return {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+
+
+def test_short_run_plots_visible_points_and_labels_every_series(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(
+        json.dumps({"kind": "train", "iter": 4, "time": 3.0, "loss": 1.5, "lr": 0.01}) + "\n"
+        + json.dumps({"kind": "val", "iter": 4, "time": 5.0, "miou": 0.31, "pixel_acc": 0.62}) + "\n")
+    fig = viz.run_figure(run)
+    assert len(fig.axes) == 6  # loss, lr, mIoU against iteration and against time
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        assert legend is not None
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts == [line.get_label() for line in ax.get_lines()]  # every line has its entry
+        for line in ax.get_lines():
+            assert line.get_marker() == "o" and len(line.get_xdata()) == 1  # one point: visible as a marker
+    assert sorted(t.get_text() for ax in fig.axes[:3] for t in ax.get_legend().get_texts()) == [
+        "learning rate", "train loss", "val mIoU", "val pixel acc"]
+    miou = [line for line in fig.axes[2].get_lines() if line.get_label() == "val mIoU"][0]
+    assert list(miou.get_xdata()) == [4] and list(miou.get_ydata()) == [0.31]
+    time_loss = fig.axes[3].get_lines()[0]
+    assert list(time_loss.get_xdata()) == [3.0 / 60]  # minutes
+    assert main(["plot", str(run)]) == 0 and (run / "curves.png").is_file()
+    assert str(run / "curves.png") in capsys.readouterr().out
+
+
+def test_long_series_drop_markers_but_keep_labels(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    n = viz.MARKER_MAX_POINTS + 1
+    (run / "log.jsonl").write_text("".join(json.dumps({"kind": "train", "iter": i, "loss": 1.0 / (i + 1), "lr": 0.01}) + "\n"
+                                           for i in range(n)))
+    fig = viz.run_figure(run)
+    lines = _lines_by_label(fig)
+    assert lines["train loss"].get_marker() in (None, "None", "") and len(lines["train loss"].get_xdata()) == n
+    assert "val mIoU" not in lines and fig.axes[2].get_legend() is None  # no val records: "no records", no legend
+    assert [t.get_text() for t in fig.axes[2].texts] == ["no records"]

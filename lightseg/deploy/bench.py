@@ -260,13 +260,15 @@ def _int8_agreement(net, runner, size, batch):
 
 
 def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup=None, runs=None, dtype="float32",
-                       num_classes=19, budget_s=5.0, peak=None, roofline=False) -> list:
+                       num_classes=19, budget_s=5.0, peak=None, roofline=False, log=None) -> list:
     """Benchmark one model with several backends, timed together (see module docstring); one record each.
 
     ``model``: a registered name or an ``nn.Module``. ``size``: (H, W); default the paper's size.
     ``peak``: a :func:`measure_peak` dict, for the share of this machine's ceiling, and with ``roofline`` the
-    bounds and efficiency (:mod:`.roofline`).
+    bounds and efficiency (:mod:`.roofline`). ``log(message)``: told what is being built, warmed up or timed
+    (building an ONNX or int8 backend takes seconds to minutes).
     """
+    log = log or (lambda message: None)
     from ..models import create_model, model_info
     from ..profile import count_macs, count_params
 
@@ -300,7 +302,8 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
     # after each call and slow whatever runs next (dualaspp_mobilenetv2: 52-69 ms per session with spinning,
     # 36 ms each without). So with more than one backend every ONNX Runtime session, plain included, sleeps.
     ort_spinning = False if len(backends) > 1 else None
-    for backend in backends:
+    for i, backend in enumerate(backends, 1):
+        log(f"  {name}: [{i}/{len(backends)}] building and warming up {backend} ...")
         t0 = time.perf_counter()
         if backend == PLAIN:
             runner = PlainOnnxRuntime(net, spinning=ort_spinning)
@@ -312,6 +315,9 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
         with PeakMemory(dev) as peak_mem:
             first, warm[backend] = time_callable(lambda r=runner: r(x), warmup=warmup, runs=1, sync=sync, budget_s=budget_s)
         runners[backend], mem[backend], est[backend] = runner, peak_mem.mb, first[0]
+        log(f"  {name}: {backend} ready in {time.perf_counter() - t0:.1f} s (first timed call {first[0]:.1f} ms)")
+    log(f"  {name}: timing {', '.join(backends)} " + (f"in alternating rounds ({runs} each) ..." if runs else
+                                                       f"in alternating rounds (about {budget_s:.0f} s each) ..."))
     lat = time_interleaved({b: (lambda r=r: r(x)) for b, r in runners.items()}, est, runs=runs, sync=sync, budget_s=budget_s)
 
     machine = machine_info()
@@ -489,7 +495,7 @@ def bench_command(args) -> list:
                    "lower --batch or --size")
     machine = machine_info()
     if args.json:
-        _log(format_machine(machine))  # stdout holds the JSON only; every record carries the machine too
+        _log(format_machine(machine))  # stdout holds the JSON records only; every record carries the machine too
     peak = None
     if args.peak or roofline:
         _log("measuring this machine's fp32 ceiling (oneDNN / MLAS convs, GEMM) and copy bandwidth ...")
@@ -498,11 +504,11 @@ def bench_command(args) -> list:
              f"({peak['threads']} threads)")
     budget = ZOO_BUDGET_S if args.all_models else 5.0
     records = []
-    for name in names:
+    for k, name in enumerate(names, 1):
         size = tuple(args.size) if args.size else tuple(model_info(name).paper_size)
-        _log(f"bench {name} {args.batch}x3x{size[0]}x{size[1]}: {', '.join(backends)} ...")
+        _log(f"bench [{k}/{len(names)}] {name} {args.batch}x3x{size[0]}x{size[1]}: {', '.join(backends)} ...")
         rs = benchmark_backends(name, backends, size=size, batch=args.batch, device=device, warmup=args.warmup,
-                                runs=args.runs, dtype=args.dtype, budget_s=budget, peak=peak, roofline=roofline)
+                                runs=args.runs, dtype=args.dtype, budget_s=budget, peak=peak, roofline=roofline, log=_log)
         base = next((r for r in rs if r["backend"] == "eager_nchw"), None)
         summary = best_paths(rs)
         for r in rs:
@@ -511,8 +517,16 @@ def bench_command(args) -> list:
             if PLAIN in backends and len(backends) > 1:
                 r["model_summary"] = summary
         records += rs
+        if args.json:
+            # JSON Lines: each model's records as soon as it is done, one per line, so a long run can be
+            # followed (and what finished is kept) without waiting for the whole zoo
+            for r in rs:
+                print(json.dumps(r), flush=True)
+        else:
+            _log(f"  {name}: " + ", ".join(f"{r['backend']} {r['latency_ms_median']:.1f} ms" for r in rs))
     if args.json:
-        print(json.dumps(records if names else [{"peak": peak, "machine": machine}], indent=2))
+        if not names:
+            print(json.dumps({"peak": peak, "machine": machine}), flush=True)
         return records
     print(format_machine(machine))
     if peak and not names:

@@ -397,6 +397,13 @@ def _predict_images(segmenter, files, out_dir, batch_size, rate):
 
 
 # ---------------------------------------------------------------------- video, camera, stream
+# The two OpenCV wheels install the same `cv2` package: installing opencv-python beside the headless build
+# leaves whichever was installed last (often still the headless one), so the headless one goes first.
+SHOW_NEEDS_GUI = ("--show needs an OpenCV build with a GUI, and this one has none (opencv-python-headless, which lightseg "
+                  "installs); replace it: pip uninstall opencv-python-headless && pip install opencv-python; or drop --show "
+                  "and open the overlay video written to --output")
+
+
 class _Display:
     """``--show``: the annotated frames in a window (q or Esc stops). Needs an OpenCV with a GUI."""
 
@@ -404,8 +411,7 @@ class _Display:
         try:
             cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_AUTOSIZE)
         except cv2.error:
-            raise LightsegError("--show needs an OpenCV build with a GUI, and this one has none (opencv-python-headless); "
-                                "pip install opencv-python, or drop --show (the overlay video is written either way)") from None
+            raise LightsegError(SHOW_NEEDS_GUI) from None
         self.closed = False
 
     def show(self, bgr) -> bool:
@@ -543,6 +549,11 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
         raise LightsegError("no input: pass --input IMAGE|FOLDER|GLOB|VIDEO|CAMERA_INDEX|URL")
     if int(batch) < 1:
         raise LightsegError(f"--batch {batch}: give a positive number of images per model call")
+    if mode != "slide":
+        given = [flag for flag, value in (("--crop", crop), ("--stride", stride)) if value is not None]
+        if given:
+            raise LightsegError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} the sliding window, which only "
+                                f"--mode slide uses; add --mode slide (or drop {' and '.join(given)})")
     out_dir = check_output_dir(output_dir, "--output")
     source = classify_input(input_path)
     given = Path(str(input_path))
@@ -553,6 +564,9 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
     refuse_links_in(out_dir, OUTPUT_NAMES)
     if show and source.kind == "images":
         raise LightsegError("--show displays video, camera or stream frames; for images open the *_overlay.png files")
+    if max_frames is not None and source.kind == "images":
+        raise LightsegError(f"--max-frames {max_frames} stops a video, camera or stream, and {input_path} is images; "
+                            "drop --max-frames (every image is segmented), or pass a glob or folder holding fewer images")
     segmenter = build_segmenter(model_name, checkpoint, weights, backend=backend, device=device, size=size,
                                 mode=mode, crop=crop, stride=stride, calibration=calibration,
                                 calibration_count=calibration_count, int8_mode=int8_mode,

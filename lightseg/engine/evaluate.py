@@ -181,6 +181,26 @@ def _inputs(config, data_cfg, dataset, checkpoint, calibration) -> list:
             *(("the dataset folder", f) for f in sorted(folders)), ("--checkpoint", checkpoint), ("--calib", calibration)]
 
 
+def metrics_filename(split="val", backend="eager", flip=False, scales=(1.0,), mode="whole", crop=None, stride=None) -> str:
+    """The metrics file an evaluation writes, named by its settings so that evaluations with different
+    settings never overwrite each other: ``metrics.json`` for the plain one (val split, eager, whole image,
+    no flip, scale 1), else e.g. ``metrics_test_onnxruntime_flip_ms-0.75-1.0-1.25_slide-360x360.json``
+    (``_stride-HxW`` after the crop when the stride is not the default two thirds of it)."""
+    mode, crop, stride = check_mode(mode, crop, stride)
+    parts = [] if split == "val" else [split]
+    if backend != "eager":
+        parts.append(backend)
+    if flip:
+        parts.append("flip")
+    if tuple(float(s) for s in scales) != (1.0,):
+        parts.append("ms-" + "-".join(str(float(s)) for s in scales))
+    if mode == "slide":
+        parts.append(f"slide-{crop[0]}x{crop[1]}")
+        if tuple(stride) != check_mode(mode, crop)[2]:
+            parts.append(f"stride-{stride[0]}x{stride[1]}")
+    return "_".join(["metrics", *parts]) + ".json"
+
+
 def evaluate_command(config, checkpoint=None, split="val", data_root=None, overrides=(), flip=False, scales=None,
                      as_json=False, output=None, save_predictions=None, backend="eager", calibration=None,
                      calibration_count=None, int8_mode=None, weights=None, mode=None, crop=None, stride=None,
@@ -256,8 +276,11 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         run_device = runner.device
     eval_cfg = cfg.get("eval", {})
     mode = mode or eval_cfg.get("mode", "whole")
-    suffix = ("" if backend == "eager" else f"_{backend}") + ("" if mode == "whole" else "_slide")
-    name = f"metrics{suffix}.json" if split == "val" else f"metrics_{split}{suffix}.json"
+    flip = bool(flip or eval_cfg.get("flip", False))
+    scales = tuple(scales or eval_cfg.get("scales") or (1.0,))
+    crop = crop if crop is not None else eval_cfg.get("crop")
+    stride = stride if stride is not None else eval_cfg.get("stride")
+    name = metrics_filename(split, backend, flip, scales, mode, crop, stride)
     if output:
         out = Path(output)
     elif weights is not None:
@@ -277,8 +300,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         raise DataError(f"{len(problems)} of {len(dataset)} samples of split {split_name!r} cannot be evaluated: {listed}")
     report = evaluate(
         runner, dataset, device=run_device,
-        flip=bool(flip or eval_cfg.get("flip", False)),
-        scales=tuple(scales or eval_cfg.get("scales") or (1.0,)),
+        flip=flip,
+        scales=scales,
         eval_size=data_cfg.get("eval_size"),
         batch_size=eval_cfg.get("batch_size", 1),
         distributed=info.distributed,
@@ -286,8 +309,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         save_predictions=save_predictions,
         num_workers=loader_workers(data_cfg.get("num_workers", 0), "lightseg eval"),
         mode=mode,
-        crop=crop if crop is not None else eval_cfg.get("crop"),
-        stride=stride if stride is not None else eval_cfg.get("stride"),
+        crop=crop,
+        stride=stride,
     )
     report = {"model": model_cfg["name"], "checkpoint": source, "dataset": data_cfg["name"],
               "split": split_name, "backend": backend, "device": str(run_device), **report}

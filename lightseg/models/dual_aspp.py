@@ -198,13 +198,15 @@ def deeplabv3plus_mobilenetv2(num_classes: int = 19) -> DeepLabV3Plus:
 
 
 @register_model("deeplabv3plus_mobilenetv3_large", paper=_DL, paper_size=(1024, 2048), paper_params=2.14e6,
-                paper_macs=35.5e9, paper_pretrained=_IMAGENET)
+                paper_macs=35.5e9, paper_pretrained=_IMAGENET,
+                extra={"paper_note": "the paper's count fits the reduced tail (reduced_tail=True)"})
 def deeplabv3plus_mobilenetv3_large(num_classes: int = 19, reduced_tail: bool = False) -> DeepLabV3Plus:
     return DeepLabV3Plus(_mobilenetv3("large", reduced_tail)(16), num_classes)
 
 
 @register_model("deeplabv3plus_mobilenetv3_small", paper=_DL, paper_size=(1024, 2048), paper_params=1.03e6,
-                paper_macs=26.1e9, paper_pretrained=_IMAGENET)
+                paper_macs=26.1e9, paper_pretrained=_IMAGENET,
+                extra={"paper_note": "the paper's count fits the reduced tail (reduced_tail=True)"})
 def deeplabv3plus_mobilenetv3_small(num_classes: int = 19, reduced_tail: bool = False) -> DeepLabV3Plus:
     return DeepLabV3Plus(_mobilenetv3("small", reduced_tail)(16), num_classes)
 

@@ -151,6 +151,7 @@ class RDSNet(SegmentationModel):
     paper_macs=None,
     paper_fps=77.0,  # Table V, 640x360
     paper_hardware="GTX 1050",
+    extra={"paper_note": "the paper gives no params or FLOPs"},
 )
 def rdsnet(num_classes: int = 19, **kwargs) -> RDSNet:
     return RDSNet(num_classes, **kwargs)
