@@ -77,6 +77,12 @@ def __getattr__(name):
     raise AttributeError(f"module 'lightseg' has no attribute {name!r}")
 
 
+def __dir__():
+    """The module's names and those imported on first use, so that dir() and editors' completion list
+    ``create_model``, ``Segmenter`` and the rest before anything has touched them (importing nothing)."""
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def export_onnx(model, path, input_size=(512, 1024), dynamic=False, **kwargs):
     """Export ``model`` to ONNX at ``path`` and check parity with PyTorch (see lightseg.deploy.export)."""
     from .deploy.export import export_onnx as _export
