@@ -1,7 +1,10 @@
 """The Python package as tools see it: dir() and __all__, the PEP 561 marker, torch.hub entry points."""
+import fnmatch
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import lightseg
 
@@ -25,3 +28,12 @@ def test_dir_lists_the_lazily_imported_names_without_importing_them():
     namespace = {}
     exec("from lightseg import *", namespace)
     assert {"Segmenter", "create_model", "list_models"} <= set(namespace)
+
+
+def test_py_typed_marker_is_package_data():
+    """PEP 561: the empty marker in the package, and a package-data pattern that puts it in the wheel
+    (tests/test_weights.py's wheel test finds it there)."""
+    tomllib = pytest.importorskip("tomllib")
+    assert (Path(lightseg.__file__).parent / "py.typed").is_file()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch.fnmatch("py.typed", pattern) for pattern in package_data.get("lightseg", []))
