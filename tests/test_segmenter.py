@@ -175,6 +175,8 @@ def test_unusable_inputs_are_refused_naming_shape_dtype_and_fix(seg, trained, tm
         (np.zeros((64, 64, 4), np.uint8), r"shape \(64, 64, 4\).*img\[\.\.\., :3\]"),
         (np.full((64, 64, 3), 0.5, np.float32), r"float32 of shape \(64, 64, 3\).*\* 255"),
         (np.zeros((3, 64, 64), np.uint8), r"shape \(3, 64, 64\).*transpose\(1, 2, 0\)"),
+        (np.zeros((2, 3, 64, 64), np.uint8), r"shape \(2, 3, 64, 64\).*transpose\(0, 2, 3, 1\)"),
+        (np.zeros((2, 64, 64, 4), np.uint8), r"shape \(64, 64, 4\).*RGBA"),
         (torch.full((3, 64, 64), 200.0), r"0\.\.1, got torch\.float32 in 200\.\.200.*by 255"),
         (torch.full((3, 64, 64), float("nan")), r"0\.\.1"),
         (torch.zeros(64, 64, 3, dtype=torch.uint8), r"shape \(64, 64, 3\).*permute\(2, 0, 1\)"),

@@ -90,6 +90,9 @@ def _images_of(item, order: str) -> tuple[list[np.ndarray], bool]:
     if isinstance(item, torch.Tensor):
         images, batch = _tensor_images(item), item.ndim == 4
     elif isinstance(item, np.ndarray) and item.ndim == 4:
+        if item.shape[1] == 3 and item.shape[3] != 3:
+            raise LightsegError(f"Segmenter expects a batch array (N, H, W, 3), got {item.dtype} of shape {item.shape} "
+                                "(channels first: batch.transpose(0, 2, 3, 1), or pass it as a torch tensor)")
         images, batch = [_check_rgb(a) for a in item], True
     elif isinstance(item, np.ndarray):
         images, batch = [_check_rgb(item)], False
