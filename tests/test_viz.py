@@ -76,6 +76,29 @@ def test_put_text_readable_on_any_background():
         assert (box > 600).any() and (box < 100).any(), "needs light text and a dark outline"
 
 
+def _box(mask):
+    ys, xs = np.nonzero(mask)
+    return xs.min(), ys.min(), xs.max(), ys.max()
+
+
+@pytest.mark.parametrize("scale", [0.45, 0.6, 1.0, 1.5])
+def test_put_text_outline_surrounds_the_letters_on_every_side(scale):
+    """The dark outline encloses the white letters by 1-3 px on all four sides, on the OpenCV
+    installed (OpenCV 5 widens text drawn thicker, which pushed an outline drawn as thicker text
+    past the letters' right end)."""
+    grey = np.full((90, 800, 3), 128, np.uint8)  # wide enough for scale 1.5 on OpenCV 4 and 5
+    out = viz.put_text(grey, "30.0 FPS (model 12.3, eager)", org=(8, 60), scale=scale).astype(int)
+    text = _box((out >= 200).all(-1))
+    outline = _box((out <= 60).all(-1))
+    margins = [text[0] - outline[0], text[1] - outline[1], outline[2] - text[2], outline[3] - text[3]]
+    assert all(1 <= m <= 3 for m in margins), (cv2.__version__, margins)
+    # Only the caption's neighbourhood changes (the outline and its faint anti-aliased edge), and text
+    # beyond the image is no error.
+    changed = _box((out != 128).any(-1))
+    assert all(abs(a - b) <= 2 for a, b in zip(changed, outline)), (changed, outline)
+    assert (viz.put_text(grey, "x", org=(-100, -100)) == grey).all()
+
+
 def test_palette_for_is_distinct_and_never_black():
     pal = viz.palette_for(21)
     assert pal[:3] == ((128, 0, 0), (0, 128, 0), (128, 128, 0))  # PASCAL VOC entries 1..3

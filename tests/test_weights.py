@@ -163,6 +163,7 @@ def test_wheel_carries_recipes_and_weights_and_works_without_the_checkout(tmp_pa
     names = zipfile.ZipFile(wheel).namelist()
     assert f"lightseg/recipes/{MODEL}_camvid.yaml" in names and "lightseg/weights/manifest.json" in names
     assert f"lightseg/weights/{MODEL}_camvid.pt" in names
+    assert "lightseg/py.typed" in names  # PEP 561: type checkers use the package's annotations
     assert len([n for n in names if n.startswith("lightseg/recipes/")]) == len(list((ROOT / "configs").glob("*.yaml")))
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -1,11 +1,13 @@
-"""``Segmenter``: the one high-level API. An RGB uint8 image in, a label map out.
+"""``Segmenter``: the one high-level API. An image in, a label map out.
 
     import lightseg
     seg = lightseg.Segmenter.from_checkpoint("runs/mininet_211k_camvid/best.pt")
     seg = lightseg.Segmenter.from_pretrained("mininet_211k", weights="camvid", backend="onnxruntime")
     label = seg(rgb)              # (H, W) uint8 class ids at the image's size
+    label = seg("street.jpg")     # a file, a PIL image, a torch tensor, a BGR array (channel_order="bgr") too
     labels = seg([rgb1, rgb2])    # a list: same-size images run as one batch
-    picture = seg.overlay(rgb)    # colours blended over the image, legend of the classes present
+    label, probs = seg.predict(source=rgb, probs=True)   # + (C, H, W) softmax probabilities
+    picture = seg.overlay(rgb, label)   # colours blended over the image, legend of the classes present
 
 Everything the model needs besides pixels (class names, palette, normalisation) comes from the
 checkpoint or the weights' manifest. It runs on the backends of :class:`.runtime.Runtime` (``eager``,
@@ -15,6 +17,7 @@ is a thin caller of this class.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -22,6 +25,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.base import read_image
 from ..errors import LightsegError
 from ..inference import argmax_classes, check_mode, predict_scores
 from .runtime import Runtime, checkpoint_normalization, load_model
@@ -29,13 +33,75 @@ from .runtime import Runtime, checkpoint_normalization, load_model
 PREDICT_BACKENDS = ("eager", "onnxruntime", "onnxruntime_int8")
 
 
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
 def _check_rgb(image) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise LightsegError(f"Segmenter expects an RGB uint8 numpy array (H, W, 3), got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        hint = " (a grey image: np.dstack([img] * 3); RGBA: img[..., :3]; float in 0..1: (img * 255).astype(np.uint8))"
-        raise LightsegError(f"Segmenter expects an RGB uint8 array (H, W, 3), got {image.dtype} of shape {image.shape}{hint}")
+        hint = (" (channels first: img.transpose(1, 2, 0)" if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3
+                else " (a grey image: np.dstack([img] * 3); RGBA: img[..., :3]; float in 0..1: (img * 255).astype(np.uint8)"
+                     " or pass it as a torch tensor")
+        raise LightsegError(f"Segmenter expects an RGB uint8 array (H, W, 3), got {image.dtype} of shape {image.shape}"
+                            f"{hint})")
     return image
+
+
+def _check_channel_order(order) -> str:
+    if order not in CHANNEL_ORDERS:
+        raise LightsegError(f"channel_order={order!r} is unknown; use 'rgb' (PIL, torchvision, lightseg) or 'bgr' "
+                            "(cv2.imread, cv2.VideoCapture)")
+    return order
+
+
+def _is_pil_image(item) -> bool:
+    """A PIL.Image, recognised without importing Pillow (not a dependency)."""
+    return type(item).__module__.split(".")[0] == "PIL" and hasattr(item, "convert") and hasattr(item, "mode")
+
+
+def _tensor_images(tensor: torch.Tensor) -> list[np.ndarray]:
+    """A (3, H, W) or (N, 3, H, W) tensor, uint8 in 0..255 or float in 0..1 -> RGB-or-BGR uint8 (H, W, 3)
+    arrays (floats scaled by 255 and rounded: the models were trained on 8-bit images)."""
+    t = tensor.detach().cpu()
+    if t.ndim not in (3, 4) or t.shape[-3] != 3:
+        hint = "; channels last: tensor.permute(2, 0, 1)" if t.ndim in (3, 4) and t.shape[-1] == 3 else ""
+        raise LightsegError(f"Segmenter expects a tensor (3, H, W) or (N, 3, H, W), got shape {tuple(t.shape)}{hint}")
+    if t.is_floating_point():
+        lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+        if not (0.0 <= lo and hi <= 1.0):  # also false for NaN
+            raise LightsegError(f"a float tensor must hold values in 0..1, got {t.dtype} in {lo:g}..{hi:g}; divide a "
+                                "0..255 tensor by 255 or pass it as torch.uint8")
+        t = (t.float() * 255.0).round().to(torch.uint8)
+    elif t.dtype != torch.uint8:
+        raise LightsegError(f"a tensor must be torch.uint8 (0..255) or float (0..1), got {t.dtype}; convert it with "
+                            ".to(torch.uint8) or .float() / 255")
+    t = t.permute(*range(t.ndim - 3), t.ndim - 2, t.ndim - 1, t.ndim - 3)  # channels last
+    return [np.ascontiguousarray(a) for a in (t.numpy() if t.ndim == 4 else t.numpy()[None])]
+
+
+def _images_of(item, order: str) -> tuple[list[np.ndarray], bool]:
+    """One input -> (its RGB uint8 images, whether it was a batch). ``order``: the channel order of
+    arrays and tensors; files and PIL images know their own."""
+    if isinstance(item, (str, os.PathLike)):
+        return [read_image(item)], False
+    if _is_pil_image(item):
+        return [np.asarray(item.convert("RGB"))], False
+    if isinstance(item, torch.Tensor):
+        images, batch = _tensor_images(item), item.ndim == 4
+    elif isinstance(item, np.ndarray) and item.ndim == 4:
+        if item.shape[1] == 3 and item.shape[3] != 3:
+            raise LightsegError(f"Segmenter expects a batch array (N, H, W, 3), got {item.dtype} of shape {item.shape} "
+                                "(channels first: batch.transpose(0, 2, 3, 1), or pass it as a torch tensor)")
+        images, batch = [_check_rgb(a) for a in item], True
+    elif isinstance(item, np.ndarray):
+        images, batch = [_check_rgb(item)], False
+    else:
+        raise LightsegError(f"Segmenter cannot read a {type(item).__name__}; give an image path, a PIL image, an RGB "
+                            "uint8 array (H, W, 3) or (N, H, W, 3), a tensor (3, H, W) or (N, 3, H, W), or a list of these")
+    if order == "bgr":
+        images = [np.ascontiguousarray(img[:, :, ::-1]) for img in images]
+    return images, batch
 
 
 class NonFiniteOutput(LightsegError):
@@ -60,7 +126,26 @@ class _TimedRunner:
 
 
 class Segmenter:
-    """Image (RGB uint8) -> label map (H, W) at the image's size.
+    """Image -> label map (H, W) at the image's size.
+
+    ``seg(source)`` and ``seg.predict(source=..., probs=False)`` take, as ``source``:
+
+    - a path (``str`` or ``pathlib.Path``) of an image file (read in RGB);
+    - a ``PIL.Image`` in any mode (converted to RGB);
+    - a uint8 numpy array (H, W, 3), or a batch (N, H, W, 3), in RGB order unless ``channel_order="bgr"``
+      (what ``cv2.imread`` and ``cv2.VideoCapture`` give); grey, RGBA and float arrays are refused, the
+      error saying how to convert them;
+    - a torch tensor (3, H, W) or (N, 3, H, W) (torchvision's layout), ``torch.uint8`` in 0..255 or float
+      in 0..1 (scaled by 255 and rounded to 8 bits, as the model was trained), on any device, RGB unless
+      ``channel_order="bgr"``;
+    - a list (or tuple) of any of these.
+
+    One image gives one (H, W) label map (uint8; uint16 beyond 256 classes); a batch array or tensor a
+    stacked (N, H, W) array; a list a list with one label map per image (a batch inside it adds its N).
+    ``probs=True`` returns ``(labels, probs)``: for each image the (C, H, W) float32 softmax of the
+    model's scores, whose argmax is its label map, shaped like the labels (an array, a stacked
+    (N, C, H, W) array or a list). ``channel_order`` ("rgb" or "bgr") is set for the Segmenter and may
+    be overridden per call.
 
     ``model``: an ``nn.Module`` (its ``classes``/``palette``/``normalize`` attributes are used when the
     arguments are not given), ``backend``: eager, onnxruntime or onnxruntime_int8; ``device``: auto
@@ -69,7 +154,8 @@ class Segmenter:
     sliding-window inference (:mod:`lightseg.inference`); ``calibration``/``calibration_count``/``int8_mode``:
     int8 calibration images (a folder; default the synthetic scenes) and weight format (default this CPU's);
     ``ort_spinning``: ONNX Runtime's idle threads spin (None: its default) or sleep (False: lightseg predict,
-    whose reader and writer threads need the cores).
+    whose reader and writer threads need the cores); ``channel_order``: "rgb" (default) or "bgr", the
+    order of the arrays and tensors it is given.
 
     ``latencies_ms`` holds the model time of every call (per image; a batch's time is split evenly);
     :meth:`timing` summarises them without the first call, which pays one-off costs.
@@ -77,7 +163,7 @@ class Segmenter:
 
     def __init__(self, model, classes=None, palette=None, normalize=None, backend="eager", device="auto", size=None,
                  mode="whole", crop=None, stride=None, calibration=None, calibration_count=None, int8_mode=None,
-                 num_threads=None, ort_spinning=None):
+                 num_threads=None, ort_spinning=None, channel_order="rgb"):
         from ..data.base import NORMALIZATIONS
         from ..viz import palette_for
 
@@ -86,6 +172,7 @@ class Segmenter:
         if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
             raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend "
                                 "onnxruntime_int8 or drop them")
+        self.channel_order = _check_channel_order(channel_order)
         self.mode, self.crop, self.stride = check_mode(mode, crop, stride)
         if size is not None:
             size = tuple(int(v) for v in size)
@@ -178,34 +265,65 @@ class Segmenter:
         labels = labels.numpy()
         return list(labels.astype(np.uint8 if self.num_classes is None or self.num_classes <= 256 else np.uint16))
 
+    def _predict_run(self, images, probs: bool):
+        """Label maps (and, with ``probs``, softmax probabilities) of same-size images, as one batch."""
+        scores = self.scores(self.prepare(images), images[0].shape[:2])
+        labels = self.labels(scores)
+        return labels, (list(torch.softmax(scores.float(), dim=1).cpu().numpy()) if probs else [])
+
     def predict_batch(self, images) -> list[np.ndarray]:
         """Label maps of a list of same-size RGB uint8 images, run as one batch."""
         images = list(images)
-        if not images:
-            return []
-        x = self.prepare(images)
-        return self.labels(self.scores(x, _check_rgb(images[0]).shape[:2]))
+        return self._predict_run(images, False)[0] if images else []
 
-    def __call__(self, image, batch_size: int = 8):
-        """One image -> its label map; a list of images -> a list of label maps (same-size runs batched)."""
-        if isinstance(image, (list, tuple)):
-            out: list = []
-            run: list = []
-            for img in image:
-                if run and (len(run) == batch_size or _check_rgb(img).shape != run[0].shape):
-                    out.extend(self.predict_batch(run))
-                    run = []
-                run.append(_check_rgb(img))
-            return out + self.predict_batch(run)
-        return self.predict_batch([image])[0]
+    def predict(self, source, probs: bool = False, batch_size: int = 8, channel_order: str | None = None):
+        """Label maps of ``source`` (an image path, PIL image, array, tensor, batch or list: see the class
+        docstring), with the (C, H, W) softmax probabilities too when ``probs``. Same-size images of a
+        list run in batches of up to ``batch_size``."""
+        order = self.channel_order if channel_order is None else _check_channel_order(channel_order)
+        is_list = isinstance(source, (list, tuple))
+        images: list = []
+        batch = False
+        for item in (source if is_list else [source]):
+            found, batch = _images_of(item, order)
+            images.extend(found)
+        labels: list = []
+        probabilities: list = []
+        start = 0
+        while start < len(images):  # runs of same-size images, at most batch_size long
+            end = start + 1
+            while end < len(images) and end - start < batch_size and images[end].shape == images[start].shape:
+                end += 1
+            found, found_probs = self._predict_run(images[start:end], probs)
+            labels.extend(found)
+            probabilities.extend(found_probs)
+            start = end
+        if is_list:  # a list of label maps, one per image
+            pass
+        elif batch:  # stacked, as the batch came
+            hw = tuple(source.shape[-2:]) if isinstance(source, torch.Tensor) else tuple(source.shape[1:3])
+            labels = np.stack(labels) if labels else np.zeros((0,) + hw, np.uint8)
+            probabilities = np.stack(probabilities) if probabilities else np.zeros((0, len(self.classes)) + hw, np.float32)
+        else:  # one image
+            labels, probabilities = labels[0], (probabilities[0] if probs else None)
+        return (labels, probabilities) if probs else labels
 
-    def overlay(self, image, label=None, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
-        """``image`` with the label colours blended in (``label`` computed when not given) and, with
-        ``legend``, a panel naming the classes present."""
+    def __call__(self, source, batch_size: int = 8, probs: bool = False, channel_order: str | None = None):
+        """:meth:`predict`: one image -> its label map; a list -> a list of label maps (same-size runs batched)."""
+        return self.predict(source, probs=probs, batch_size=batch_size, channel_order=channel_order)
+
+    def overlay(self, image, label=None, alpha: float = 0.5, legend: bool = True,
+                channel_order: str | None = None) -> np.ndarray:
+        """``image`` (one image, any form :meth:`predict` takes) in RGB with the label colours blended in
+        and, with ``legend``, a panel naming the classes present. Pass the ``label`` that ``seg(image)``
+        returned to draw it without running the model again; it is predicted when not given."""
         from ..viz import draw_legend, overlay
 
-        image = _check_rgb(image)
-        label = self(image) if label is None else label
+        order = self.channel_order if channel_order is None else _check_channel_order(channel_order)
+        if isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4):
+            raise LightsegError("Segmenter.overlay draws one image; call it once per image of a batch or list")
+        image = _images_of(image, order)[0][0]
+        label = self.predict(image, channel_order="rgb") if label is None else label
         blended = overlay(image, label, self.palette, alpha)
         return draw_legend(blended, self.classes, self.palette, present=np.unique(label)) if legend else blended
 
