@@ -19,7 +19,7 @@ import random
 import numpy as np
 
 from ..errors import ConfigError, DataError, LightsegError
-from .base import NORMALIZATIONS, SegmentationDataset, check_file_complete, image_size, read_image, read_label
+from .base import NORMALIZATIONS, SegmentationDataset, check_image, read_image, read_label
 from .camvid import CamVid, CamVid32
 from .cityscapes import Cityscapes
 from .classes import IGNORE_INDEX
@@ -140,7 +140,7 @@ def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> 
         img_path, lbl_path = dataset.files[i]
         try:
             label = dataset.load_label(i)
-            h, w = image_size(img_path)
+            h, w = check_image(img_path).size
             if (h, w) != label.shape[:2]:
                 problems.append(f"image {img_path} is {h}x{w} but its label {lbl_path} is "
                                 f"{label.shape[0]}x{label.shape[1]} (HxW); they must be the same size")
@@ -150,18 +150,19 @@ def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> 
 
 
 def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) -> list[tuple[int, str]]:
-    """``(index, problem)`` for each sample that cannot be evaluated, found cheaply (file headers and the
-    last bytes, no decoding): a missing, empty, truncated or unreadable image or label, an image and
-    label of different sizes, an image the models cannot take (under ``MIN_SIZE`` at some scale, unless
-    ``eval_size`` resizes it). Label values are only checked when a sample is loaded."""
+    """``(index, problem)`` for each sample that cannot be evaluated, found before any model runs, by the
+    loader's own checks: a missing, empty, truncated or unreadable image or label, a file that the decoding
+    rules refuse (CMYK, EXIF orientation, transparency; see :mod:`lightseg.data.base`), label values outside
+    the classes (the label is decoded and mapped as the loader does; images are only checked, not decoded),
+    an image and label of different sizes, an image the models cannot take (under ``MIN_SIZE`` at some
+    scale, unless ``eval_size`` resizes it)."""
     from ..models.base import MIN_SIZE
 
     problems = []
     for i, (img_path, lbl_path) in enumerate(dataset.files):
         try:
-            for p in (img_path, lbl_path):
-                check_file_complete(p)
-            (h, w), (lh, lw) = image_size(img_path), image_size(lbl_path)
+            h, w = check_image(img_path).size
+            lh, lw = dataset.load_label(i).shape[:2]
             if (h, w) != (lh, lw):
                 raise DataError(f"image {img_path} is {h}x{w} but its label {lbl_path} is {lh}x{lw} (HxW); "
                                 "they must be the same size")

@@ -384,7 +384,7 @@ def _predict_images(segmenter, files, out_dir, batch_size, rate):
 
     def frames():
         for f in files:
-            yield f, read_image(f)  # DataError naming the file if it is corrupt or truncated
+            yield f, read_image(f, orientation=True)  # DataError naming the file if it is corrupt or truncated
 
     with _progress(len(files), "image") as bar:
         def consume(f, rgb, label):
