@@ -274,6 +274,41 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return obj
 
 
+# What the weights expect of their input, as recorded (key -> the setting's name in messages).
+TRAINED_INPUT = {"normalize": "data.normalize", "classes": "classes", "ignore_index": "ignore index",
+                 "channel_order": "input channel order"}
+
+
+def trained_input(meta: dict) -> dict:
+    """What the weights of a checkpoint or weights-manifest record were trained with (see ``TRAINED_INPUT``);
+    None where it was not recorded (an older checkpoint, a bare state dict)."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return {"normalize": meta.get("normalize") or data.get("normalize"),
+            "classes": list(meta["classes"]) if meta.get("classes") else None,
+            "ignore_index": meta.get("ignore_index"), "channel_order": meta.get("channel_order")}
+
+
+def check_trained_input(trained: dict, used: dict, source) -> None:
+    """Refuse to run weights on input prepared otherwise than they were trained on (another normalisation, other
+    classes, ignore index or channel order): the scores would be wrong with no other sign. Names both values."""
+    diffs = []
+    for key, name in TRAINED_INPUT.items():
+        was, now = trained.get(key), used.get(key)
+        if was is None or now is None or was == now:
+            continue
+        if key == "classes":
+            i = next((i for i, (a, b) in enumerate(zip(was, now)) if a != b), min(len(was), len(now)))
+            diffs.append(f"classes: trained with {len(was)} ({', '.join(was[:3])}...), this dataset has {len(now)} "
+                         f"(class {i}: {was[i] if i < len(was) else 'none'!r} vs {now[i] if i < len(now) else 'none'!r})")
+        else:
+            diffs.append(f"{name}: trained with {was!r}, this run uses {now!r}")
+    if diffs:
+        fix = f" (--set data.normalize={trained['normalize']})" if trained.get("normalize") != used.get("normalize") else ""
+        raise CheckpointError(f"{source} was trained on other input than this run would give it: {'; '.join(diffs)}. "
+                              f"Use the recipe and dataset it was trained with{fix}")
+
+
 def strip_wrapper_prefixes(state: dict) -> dict:
     """Drop the ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefix that wrappers add to every key."""
     for prefix in ("module.", "_orig_mod."):

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import (atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
+from ..checkpoint import (CHANNEL_ORDER, atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
                           remove_stale_temp_files, save_checkpoint)
 from ..config import load_config, save_config
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
@@ -542,6 +542,10 @@ class Trainer:
             "num_classes": int(self.cfg["model"]["num_classes"]),
             "classes": list(getattr(ds, "classes", ())),
             "palette": [list(map(int, c)) for c in getattr(ds, "palette", ())],
+            # what the weights expect of their input: eval refuses other settings (checkpoint.check_trained_input)
+            "normalize": self.cfg["data"]["normalize"],
+            "ignore_index": int(getattr(ds, "ignore_index", 255)),
+            "channel_order": CHANNEL_ORDER,
             "config": self.cfg,
             "optimizer": self.optimizer.state_dict(),
             "optimizer_name": self.cfg["train"]["optimizer"]["name"],
