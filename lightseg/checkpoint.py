@@ -26,7 +26,7 @@ import torch.nn as nn
 from .errors import CheckpointError
 from .outputs import WRITE_ERRNOS, write_error
 from . import schema
-from .schema import MAPPING, Rule, first_violation, integer, number, string
+from .schema import MAPPING, Rule, first_violation, integer, list_of, number, string
 
 FORMAT_VERSION = 1
 # Models take RGB input (lightseg.data.read_image): recorded in checkpoints so that a reader can check it.
@@ -184,6 +184,7 @@ METADATA: dict[str, Rule] = {
     # what a resume compares: intra-op threads (float sums depend on them) and the training files
     "num_threads": integer(1, null=True),
     "data_fingerprint": string(null=True),
+    "data_samples": list_of(lambda h: isinstance(h, str), "a list of sample fingerprints (strings)", null=True, empty=True),
 }
 # Tensor dtypes a state dict of these models holds (weights, BatchNorm counters, masks).
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.int16,

@@ -115,6 +115,41 @@ def build_dataset(data_cfg: dict, split: str, train: bool) -> SegmentationDatase
     return ds
 
 
+def sample_fingerprints(dataset) -> list[str]:
+    """One short hash per sample over its files' names, sizes and modification times: a stat per file, no
+    reading, so it is cheap on a whole split. Content changed in place (same names, same count) changes it."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    out = []
+    for pair in dataset.files:
+        h = hashlib.sha256()
+        for p in pair:
+            try:
+                st = os.stat(p)
+                h.update(f"{Path(p).name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+            except OSError:
+                h.update(f"{Path(p).name}\0missing\0".encode("utf-8", "surrogateescape"))
+        out.append(h.hexdigest()[:16])
+    return out
+
+
+def data_fingerprint(dataset, samples: list[str] | None = None) -> str:
+    """A hash of what a dataset gives: its samples' fingerprints (:func:`sample_fingerprints`), its class
+    count and its label mapping. Checkpoints record it (a resume names changed files) and the class-weight
+    cache is keyed by it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update("\n".join(samples if samples is not None else sample_fingerprints(dataset)).encode())
+    h.update(f"|{type(dataset).__name__}|{int(dataset.num_classes)}|".encode())
+    lut = getattr(dataset, "label_lut", None)
+    if lut is not None:
+        h.update(np.ascontiguousarray(lut).tobytes())
+    return h.hexdigest()[:32]
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Seed numpy and ``random`` in a DataLoader worker from its torch seed (distinct per worker and
     epoch, fixed by ``torch.manual_seed``).
@@ -178,6 +213,6 @@ def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) ->
 
 __all__ = [
     "DEFAULT_DATA_CFG", "DATASETS", "IGNORE_INDEX", "build_dataset", "merged_data_cfg", "resolve_split",
-    "worker_init_fn", "validate_dataset", "scan_samples", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
+    "worker_init_fn", "validate_dataset", "scan_samples", "sample_fingerprints", "data_fingerprint", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
     "FolderDataset", "read_image", "read_label", "DataError",
 ]
