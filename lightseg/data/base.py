@@ -320,12 +320,17 @@ def read_pair_list(list_file: Path, resolve) -> list[tuple[Path, Path]]:
 
 
 def pair_by_stem(images, label_for) -> list[tuple[Path, Path]]:
-    """Pair each image (sorted) with ``label_for(image_path)``; a missing label is a DataError naming both."""
-    files = []
+    """Pair each image (sorted) with ``label_for(image_path)``; a missing label, or two images that would
+    share one, is a DataError naming them."""
+    files, owner = [], {}
     for img in sorted(images):
         lbl = label_for(img)
         if not lbl.is_file():
             raise DataError(f"image {img} has no label {lbl}; add the label or remove the image")
+        if lbl in owner:  # a.png and a.jpg: one label would be scored (and trained) twice, against two images
+            raise DataError(f"images {owner[lbl]} and {img} would share the label {lbl} (labels are found by the image's "
+                            "name); rename or remove one of the images")
+        owner[lbl] = img
         files.append((img, lbl))
     return files
 

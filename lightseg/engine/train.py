@@ -716,7 +716,12 @@ class Trainer:
 
                     self.tb = TensorBoardLogger(self.run_dir / "tensorboard",
                                                 purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
-                return self._fit()
+                try:
+                    return self._fit()
+                except LightsegError as e:
+                    if main and self.resume_ckpt is None and not isinstance(e, TrainingInterrupted):
+                        self._forget_unsaved_run()
+                    raise
         finally:
             if getattr(self, "_threads_before", None):
                 torch.set_num_threads(self._threads_before)
@@ -724,6 +729,16 @@ class Trainer:
                 self.tb.close()
             if hasattr(self, "dist"):
                 du.teardown(self.dist)
+
+    def _forget_unsaved_run(self) -> None:
+        """A fresh run refused before its first checkpoint (a batch that cannot be formed, a loss that is NaN
+        at once, ...) removes the config.yaml and log.jsonl it wrote: with nothing to continue from they would
+        only make the next run refuse the folder. bad_samples.jsonl stays: the refusal points to it."""
+        if (self.run_dir / "last.pt").exists():
+            return
+        for name in ("config.yaml", "log.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / name).unlink()
 
     def _fit(self) -> Path:
         from tqdm import tqdm
