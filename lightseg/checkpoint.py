@@ -23,8 +23,13 @@ import torch.nn as nn
 from .errors import CheckpointError
 # The atomic, link-refusing writers live in outputs.py; imported here, where most callers look for them.
 from .outputs import atomic_write_bytes, new_file_mode, remove_stale_temp_files  # noqa: F401
+from .outputs import WRITE_ERRNOS, write_error
+from . import schema
+from .schema import MAPPING, Rule, first_violation, integer, list_of, number, string
 
 FORMAT_VERSION = 1
+# Models take RGB input (lightseg.data.read_image): recorded in checkpoints so that a reader can check it.
+CHANNEL_ORDER = "RGB"
 
 
 def non_finite_tensor(tensors) -> str | None:
@@ -112,29 +117,76 @@ def _not_a_checkpoint(path: Path) -> str | None:
             "pass a .pt file written by lightseg train or torch.save")
 
 
+# What lightseg reads from a checkpoint besides the weights, with the type and range each must have (null:
+# absent). ``config`` is the run's recipe: its keys are checked against the recipe schema too.
+METADATA: dict[str, Rule] = {
+    "format_version": integer(0),
+    "model_name": string(null=True),
+    "num_classes": integer(1, null=True),
+    "classes": schema.CLASS_NAMES,
+    "palette": schema.PALETTE,
+    "config": MAPPING,
+    "iteration": integer(0, null=True),
+    "epoch": integer(0, null=True),
+    "max_iters": integer(0, null=True),
+    "optimizer_steps": integer(0, null=True),
+    "train_samples": integer(0, null=True),
+    "best_miou": number(-1, 1, null=True),
+    "val_pending": Rule("true or false", lambda v: v is None or isinstance(v, bool)),
+    "optimizer_name": string(null=True),
+    # what the weights expect of their input, so that eval and predict feed them the same
+    "normalize": schema.NORMALIZE,
+    "ignore_index": schema.IGNORE_INDEX,
+    "channel_order": schema.CHANNEL_ORDER,
+    # what a resume compares: intra-op threads (float sums depend on them) and the training files
+    "num_threads": integer(1, null=True),
+    "data_fingerprint": string(null=True),
+    "data_samples": list_of(lambda h: isinstance(h, str), "a list of sample fingerprints (strings)", null=True, empty=True),
+}
+# Tensor dtypes a state dict of these models holds (weights, BatchNorm counters, masks).
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.int16,
+                  torch.int8, torch.uint8, torch.bool)
+
+
+def _bad(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {what}; the file was not written by lightseg train: fix or drop that key")
+
+
 def _check_metadata(obj: dict, path: Path) -> None:
-    """The keys lightseg reads from a checkpoint have the types it expects (a malformed file is named, not a traceback)."""
+    """Every value lightseg reads from a checkpoint has the type, range and (tensors) dtype, layout and device it
+    expects (:data:`METADATA`): a malformed file is refused naming the key, not a traceback later."""
     state = obj["model"]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path}: 'model' is a {type(state).__name__} of other things, not a state dict "
                               f"(parameter names -> tensors); re-save it with torch.save(model.state_dict(), path)")
-    expected = {"model_name": (str,), "num_classes": (int,), "config": (dict,), "classes": (list, tuple),
-                "palette": (list, tuple), "iteration": (int,), "best_miou": (int, float)}
-    for key, types in expected.items():
-        value = obj.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-            want = " or ".join(t.__name__ for t in types)
-            raise CheckpointError(f"{path}: metadata {key!r} is {value!r} ({type(value).__name__}), expected {want}; "
-                                  f"the file was not written by lightseg train: fix or drop that key")
-    n = obj.get("num_classes")
-    if n is not None and n < 1:
-        raise CheckpointError(f"{path}: metadata 'num_classes' is {n}, expected a positive integer")
-    if obj.get("classes") is not None and not all(isinstance(c, str) for c in obj["classes"]):
-        raise CheckpointError(f"{path}: metadata 'classes' must be a list of class names (strings)")
-    palette = obj.get("palette")
-    if palette is not None and not all(isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) for v in c)
-                                       for c in palette):
-        raise CheckpointError(f"{path}: metadata 'palette' must be a list of [R, G, B] integer triples")
+    for key, t in state.items():
+        if t.layout != torch.strided or t.is_quantized or t.device.type == "meta" or t.dtype not in _WEIGHT_DTYPES:
+            raise CheckpointError(f"{path}: weight {key!r} is a {t.dtype} tensor with layout {t.layout} on device "
+                                  f"{t.device.type}; lightseg loads dense real-valued tensors with their data: re-save the "
+                                  f"model's own state_dict() (dense, on the CPU)")
+    bad = first_violation(obj, METADATA)
+    if bad is not None:
+        key, value, expected = bad
+        raise _bad(path, f"metadata {key!r} is {repr(value)[:80]} ({type(value).__name__}), expected {expected}")
+    n, classes, palette = obj.get("num_classes"), obj.get("classes"), obj.get("palette")
+    if n is not None and classes and len(classes) != n:
+        raise _bad(path, f"metadata 'classes' names {len(classes)} classes but 'num_classes' is {n}")
+    if classes and palette and len(palette) != len(classes):
+        raise _bad(path, f"metadata 'palette' has {len(palette)} colours for {len(classes)} classes")
+    config = obj.get("config")
+    if config:
+        from .config import SCHEMA  # the recipe's rules (lightseg.config imports this module)
+
+        for dotted, rule in SCHEMA.items():
+            value, found = config, True
+            for part in dotted.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    found = False
+                    break
+                value = value[part]
+            if found and not rule.ok(value):
+                raise _bad(path, f"metadata 'config' has {dotted} = {repr(value)[:80]} ({type(value).__name__}), "
+                                 f"expected {rule.expected}")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -168,12 +220,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             obj = {"model": obj}
         else:
             raise CheckpointError(f"{path}: no 'model' key; keys are {sorted(map(str, obj))[:10]}")
+    _check_metadata(obj, path)
     version = obj.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{path}: metadata 'format_version' is {version!r}, expected an integer")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version} is newer than this lightseg understands ({FORMAT_VERSION}); upgrade lightseg")
-    _check_metadata(obj, path)
     obj["model"] = strip_wrapper_prefixes(obj["model"])
     bad = non_finite_tensor(obj["model"])
     if bad is not None:
@@ -181,6 +231,41 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                               f"Use an earlier checkpoint (best.pt, or a last.pt saved before it diverged) or train again "
                               f"with a lower train.optimizer.lr")
     return obj
+
+
+# What the weights expect of their input, as recorded (key -> the setting's name in messages).
+TRAINED_INPUT = {"normalize": "data.normalize", "classes": "classes", "ignore_index": "ignore index",
+                 "channel_order": "input channel order"}
+
+
+def trained_input(meta: dict) -> dict:
+    """What the weights of a checkpoint or weights-manifest record were trained with (see ``TRAINED_INPUT``);
+    None where it was not recorded (an older checkpoint, a bare state dict)."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    return {"normalize": meta.get("normalize") or data.get("normalize"),
+            "classes": list(meta["classes"]) if meta.get("classes") else None,
+            "ignore_index": meta.get("ignore_index"), "channel_order": meta.get("channel_order")}
+
+
+def check_trained_input(trained: dict, used: dict, source) -> None:
+    """Refuse to run weights on input prepared otherwise than they were trained on (another normalisation, other
+    classes, ignore index or channel order): the scores would be wrong with no other sign. Names both values."""
+    diffs = []
+    for key, name in TRAINED_INPUT.items():
+        was, now = trained.get(key), used.get(key)
+        if was is None or now is None or was == now:
+            continue
+        if key == "classes":
+            i = next((i for i, (a, b) in enumerate(zip(was, now)) if a != b), min(len(was), len(now)))
+            diffs.append(f"classes: trained with {len(was)} ({', '.join(was[:3])}...), this dataset has {len(now)} "
+                         f"(class {i}: {was[i] if i < len(was) else 'none'!r} vs {now[i] if i < len(now) else 'none'!r})")
+        else:
+            diffs.append(f"{name}: trained with {was!r}, this run uses {now!r}")
+    if diffs:
+        fix = f" (--set data.normalize={trained['normalize']})" if trained.get("normalize") != used.get("normalize") else ""
+        raise CheckpointError(f"{source} was trained on other input than this run would give it: {'; '.join(diffs)}. "
+                              f"Use the recipe and dataset it was trained with{fix}")
 
 
 def strip_wrapper_prefixes(state: dict) -> dict:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import copy
 import difflib
 import io
-import math
 from pathlib import Path
 
 import yaml
 
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
+from .schema import MAPPING as _MAPPING, Rule, is_int as _is_int, is_num as _is_num, one_of as _choice, \
+    boolean as _bool, integer as _int, list_of as _list, number as _num, string as _str
 
 def _data_defaults() -> dict:
     from .data import DEFAULT_DATA_CFG  # the data part of the schema belongs to lightseg.data
@@ -103,34 +104,105 @@ DEFAULTS: dict = {
     "output_dir": None,
 }
 
-# Dicts whose keys are free (model switches, a label mapping): not checked against DEFAULTS.
-FREE_KEYS = {"model.kwargs", "data.label_map"}
+# ---------------------------------------------------------------- the schema
+# One rule per recipe key: its type, its range and whether null is allowed. `validate` checks every key of
+# DEFAULTS against its rule before anything runs (a test asserts that every key has one), so that a value
+# that would crash later (train.batch_size: null, train.log_interval: null) is refused at once, naming it.
+def _split_ok(v) -> bool:
+    names = v if isinstance(v, list) else [v]
+    return bool(names) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
 
-CHOICES = {
-    "data.name": ("camvid", "camvid32", "cityscapes", "mapillary", "folder"),
-    "data.normalize": ("imagenet", "minus_one_one"),
-    "train.optimizer.name": ("sgd", "adam", "adamw"),
-    "train.scheduler.name": ("poly", "cosine", "constant", "plateau"),
-    "train.scheduler.plateau_monitor": ("val_miou", "train_loss"),
-    "train.scheduler.warmup_mode": ("linear", "constant"),
-    "train.loss.name": ("ce", "ohem", "lovasz", "ce+lovasz"),
-    "train.loss.class_weights": (None, "enet", "median_freq"),
-    "train.loss.aux_mode": ("downsample", "upsample"),
-    "train.amp": (None, "bf16", "fp16"),
-    "train.channels_last": ("auto", True, False),
-    "eval.mode": ("whole", "slide"),
+
+def _scale_ok(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(_is_num(s) for s in v) and 0 < v[0] <= v[1]
+
+
+def _device_ok(v) -> bool:
+    return v in ("auto", "cpu", "cuda", "mps") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isascii()
+                                            and v[5:].isdigit())
+
+
+_SIZE = _list(lambda x: _is_int(x) and x > 0, "[H, W] with two positive integers", length=2, null=True)
+_SPLIT = Rule("a split name (train, val, test) or a list of distinct names, e.g. [train, val]", _split_ok)
+_RATE = _num(0, lo_open=True, what="a number")  # a learning rate: > 0 (an lr of 0 trains nothing)
+
+SCHEMA: dict[str, Rule] = {
+    "model.name": _str(),
+    "model.num_classes": _int(1),
+    "model.pretrained_backbone": _str(null=True),
+    "model.init_from": Rule("null, a shipped weights name of the model (e.g. camvid) or a .pt file",
+                            lambda v: v is None or (isinstance(v, str) and bool(v.strip()))),
+    "model.kwargs": _MAPPING,
+    "data.name": _choice("camvid", "camvid32", "cityscapes", "mapillary", "folder"),
+    "data.root": _str(null=True),
+    "data.train_split": _SPLIT,
+    "data.val_split": _SPLIT,
+    "data.normalize": _choice("imagenet", "minus_one_one"),
+    "data.num_workers": _int(0),
+    "data.image_dir": _str(null=True),
+    "data.label_dir": _str(null=True),
+    "data.list_file": _str(null=True),
+    "data.classes": _list(lambda x: isinstance(x, str) and bool(x), "a list of class names", null=True),
+    "data.palette": _list(lambda c: isinstance(c, list) and len(c) == 3 and all(_is_int(x) and 0 <= x <= 255 for x in c),
+                          "a list of [R, G, B] triples of integers 0..255", null=True),
+    "data.label_map": _MAPPING,
+    "data.train_transforms.scale": Rule("[min, max] with 0 < min <= max", _scale_ok, null=True),
+    "data.train_transforms.scale_step": _num(0, lo_open=True, null=True),
+    "data.train_transforms.crop": _SIZE,
+    "data.train_transforms.flip": _bool(),
+    "data.train_transforms.translate": _int(0),
+    "data.train_transforms.color_jitter": _num(0),
+    "data.train_transforms.resize": _SIZE,
+    "data.eval_size": _SIZE,
+    "train.iters": _int(1, null=True),
+    "train.epochs": _int(1, null=True),
+    "train.batch_size": _int(1),
+    "train.optimizer.name": _choice("sgd", "adam", "adamw"),
+    "train.optimizer.lr": _RATE,
+    "train.optimizer.weight_decay": _num(0),
+    "train.optimizer.momentum": _num(0),
+    "train.optimizer.betas": _list(lambda b: _is_num(b) and 0 <= b < 1, "[beta1, beta2] with 0 <= beta < 1", length=2),
+    "train.optimizer.nesterov": _bool(),
+    "train.optimizer.backbone_lr_mult": _num(0),
+    "train.scheduler.name": _choice("poly", "cosine", "constant", "plateau"),
+    "train.scheduler.power": _num(0),
+    "train.scheduler.min_lr": _num(0),
+    "train.scheduler.warmup_iters": _int(0),
+    "train.scheduler.warmup_start": _num(0),
+    "train.scheduler.warmup_mode": _choice("linear", "constant"),
+    "train.scheduler.plateau_factor": _num(0, 1, lo_open=True, hi_open=True),
+    "train.scheduler.plateau_patience": _int(0),
+    "train.scheduler.plateau_monitor": _choice("val_miou", "train_loss"),
+    "train.loss.name": _choice("ce", "ohem", "lovasz", "ce+lovasz"),
+    "train.loss.class_weights": _choice(None, "enet", "median_freq"),
+    "train.loss.aux_weights": _list(_is_num, "a list of numbers, one per auxiliary output of the model", null=True,
+                                    empty=True),
+    "train.loss.aux_mode": _choice("downsample", "upsample"),
+    "train.loss.ohem_thresh": _num(0, 1),
+    "train.loss.ohem_min_kept": _int(0),
+    "train.loss.lovasz_weight": _num(0),
+    "train.amp": _choice(None, "bf16", "fp16"),
+    "train.channels_last": _choice("auto", True, False),
+    "train.seed": _int(),
+    "train.deterministic": _bool(),
+    "train.val_interval": _int(0),
+    "train.val_every_epochs": _int(1, null=True),
+    "train.log_interval": _int(1),
+    "train.ckpt_interval": _int(1),
+    "train.sync_bn": _bool(),
+    "train.grad_clip": _num(0, null=True),
+    "train.device": Rule("auto, cpu, cuda, cuda:N or mps", _device_ok),
+    "train.tensorboard": _bool(),
+    "eval.flip": _bool(),
+    "eval.scales": _list(lambda s: _is_num(s) and s > 0, "a non-empty list of positive numbers, e.g. [1.0]"),
+    "eval.batch_size": _int(1),
+    "eval.mode": _choice("whole", "slide"),
+    "eval.crop": _SIZE,
+    "eval.stride": _SIZE,
+    "output_dir": _str(null=True),
 }
-# A split name, or a list of names whose samples are joined ([train, val]: the papers' CamVid protocol).
-SPLIT_KEYS = {"data.train_split", "data.val_split"}
-# [H, W] pairs of positive integers (or null).
-SIZE_KEYS = {"data.train_transforms.crop", "data.train_transforms.resize", "data.eval_size", "eval.crop", "eval.stride"}
-POSITIVE_INTS = {"model.num_classes", "train.iters", "train.epochs", "train.batch_size",
-                 "train.log_interval", "train.ckpt_interval", "eval.batch_size", "train.val_every_epochs"}
-NON_NEGATIVE_NUMBERS = {"train.optimizer.lr", "train.optimizer.weight_decay", "train.optimizer.momentum",
-                        "train.scheduler.min_lr", "train.scheduler.warmup_iters", "data.num_workers",
-                        "data.train_transforms.translate", "data.train_transforms.color_jitter",
-                        "train.loss.lovasz_weight", "train.scheduler.plateau_patience", "train.grad_clip",
-                        "train.val_interval"}
+# Dicts whose keys are free (model switches, a label mapping): not checked against DEFAULTS.
+FREE_KEYS = {k for k, rule in SCHEMA.items() if rule is _MAPPING}
 
 
 # Recipe inheritance (base: / _base_): the longest chain of files followed.
@@ -326,85 +398,24 @@ def validate(cfg: dict, source=None, origins=None) -> dict:
         for key, default in schema.items():
             path = f"{prefix}{key}"
             value = tree.get(key)
-            if path in FREE_KEYS:
-                if value is not None and not isinstance(value, dict):
-                    fail(path, value, "a mapping")
-                continue
-            if isinstance(default, dict):
+            if isinstance(default, dict) and path not in FREE_KEYS:
                 if not isinstance(value, dict):
                     fail(path, value, "a mapping")
                 walk(value, default, path + ".")
                 continue
-            if path in CHOICES:
-                if value not in CHOICES[path]:
-                    close = difflib.get_close_matches(str(value), [str(c) for c in CHOICES[path] if c is not None], n=1)
+            rule = SCHEMA[path]
+            if not rule.ok(value):
+                hint = ""
+                if rule.choices:
+                    close = difflib.get_close_matches(str(value), [str(c) for c in rule.choices if c is not None], n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    fail(path, value, f"one of {', '.join('null' if c is None else str(c) for c in CHOICES[path])}{hint}")
-                continue
-            if path in SPLIT_KEYS:
-                names = value if isinstance(value, list) else [value]
-                if not (names and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)):
-                    fail(path, value, "a split name (train, val, test) or a list of distinct names, e.g. [train, val]")
-                continue
-            if path in SIZE_KEYS:
-                if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2
-                                              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-                    fail(path, value, "null or [H, W] with two positive integers")
-                continue
-            if value is None:
-                if default is not None and path not in POSITIVE_INTS:
-                    fail(path, value, f"a {_type_name(default)} like the default {default!r}")
-                continue
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    fail(path, value, "true or false")
-            elif isinstance(default, (int, float)) or path in POSITIVE_INTS or path in NON_NEGATIVE_NUMBERS:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    fail(path, value, "a number")
-                if not math.isfinite(value):
-                    fail(path, value, "a finite number")
-                wants_int = path in POSITIVE_INTS or (isinstance(default, int) and not isinstance(default, float))
-                if wants_int and not isinstance(value, int):
-                    fail(path, value, "an integer")
-                if path in POSITIVE_INTS and value < 1:
-                    fail(path, value, "a positive integer")
-                if path in NON_NEGATIVE_NUMBERS and value < 0:
-                    fail(path, value, "a number >= 0")
-            elif isinstance(default, str):
-                if not isinstance(value, str):
-                    fail(path, value, "a string")
-            elif isinstance(default, list):
-                if not isinstance(value, list):
-                    fail(path, value, "a list")
+                fail(path, value, rule.expected + hint)
 
     walk(cfg, DEFAULTS, "")
     t = cfg["train"]
     if (t["iters"] is None) == (t["epochs"] is None):
         raise ConfigError(f"train.iters / train.epochs{_where(source)}: set exactly one of them "
                           f"(got iters={t['iters']!r}, epochs={t['epochs']!r}); the other must be null")
-    scale = cfg["data"]["train_transforms"].get("scale")
-    if scale is not None and not (isinstance(scale, list) and len(scale) == 2
-                                  and all(isinstance(v, (int, float)) and math.isfinite(v) for v in scale)
-                                  and 0 < scale[0] <= scale[1]):
-        fail("data.train_transforms.scale", scale, "null or [min, max] with 0 < min <= max")
-    if not cfg["eval"]["scales"] or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0
-                                            for s in cfg["eval"]["scales"]):
-        fail("eval.scales", cfg["eval"]["scales"], "a non-empty list of positive numbers, e.g. [1.0]")
-    if not t["optimizer"]["lr"] > 0:
-        fail("train.optimizer.lr", t["optimizer"]["lr"], "a learning rate > 0")
-    betas = t["optimizer"]["betas"]
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):  # NaN fails 0 <= b
-        fail("train.optimizer.betas", betas, "[beta1, beta2] with 0 <= beta < 1")
-    aux = t["loss"]["aux_weights"]
-    if aux is not None and not (isinstance(aux, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                                                              and math.isfinite(w) for w in aux)):
-        fail("train.loss.aux_weights", aux, "null or a list of numbers, one per auxiliary output of the model")
-    device = t["device"]
-    if not (device in ("auto", "cpu", "cuda", "mps") or str(device).startswith("cuda:")):
-        fail("train.device", device, "auto, cpu, cuda, cuda:N or mps")
-    init_from = cfg["model"]["init_from"]
-    if init_from is not None and not (isinstance(init_from, str) and init_from.strip()):
-        fail("model.init_from", init_from, "null, a shipped weights name of the model (e.g. camvid) or a .pt file")
     return cfg
 
 

@@ -221,9 +221,12 @@ def label_statistics(dataset, progress: bool = False) -> dict:
 
 
 def _dataset_key(dataset) -> str:
-    # The file list (and the label space) identifies the statistics; a changed list changes the key.
+    # The data fingerprint (files' names, sizes, mtimes; classes; label mapping) identifies the statistics:
+    # a label edited in place changes the key, as a changed file list does.
+    from .data import data_fingerprint
+
     files = [[str(p) for p in pair] for pair in dataset.files]
-    blob = json.dumps({"files": files, "num_classes": int(dataset.num_classes)}, sort_keys=True)
+    blob = json.dumps({"files": files, "fingerprint": data_fingerprint(dataset)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -239,7 +242,7 @@ def cached_class_weights(dataset, method: str, cache_dir) -> torch.Tensor:
     """Class weights of ``method`` ("enet" | "median_freq") for ``dataset``, computed once.
 
     The label statistics are cached in ``cache_dir/class_stats_<hash>.json``, the hash taken over
-    the dataset's file list, so a second run (or the other method) reads them instead of
+    the dataset's file list and its data fingerprint (sizes and modification times), so a second run (or the other method) reads them instead of
     decoding every label again.
     """
     if method not in CLASS_WEIGHT_METHODS:

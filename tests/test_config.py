@@ -54,7 +54,7 @@ def test_unknown_key_names_key_and_nearest(tmp_path, text, override, words):
     ("data.train_transforms.crop=[512]", ["data.train_transforms.crop", "[H, W]"]),
     ("train.deterministic=3", ["train.deterministic", "true or false"]),
     ("train={iters: 10, epochs: 5}", ["train.iters / train.epochs", "exactly one"]),
-    ("train.optimizer.lr=-1", ["train.optimizer.lr", ">= 0"]),
+    ("train.optimizer.lr=-1", ["train.optimizer.lr", "> 0"]),
     ("train.batch_size", ["KEY=VALUE"]),
 ])
 def test_bad_values(tmp_path, override, words):

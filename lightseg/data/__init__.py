@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from ..errors import ConfigError, DataError, LightsegError
-from .base import NORMALIZATIONS, SegmentationDataset, check_file_complete, image_size, read_image, read_label
+from .base import NORMALIZATIONS, SegmentationDataset, check_image, read_image, read_label
 from .camvid import CamVid, CamVid32
 from .cityscapes import Cityscapes
 from .classes import IGNORE_INDEX
@@ -142,6 +142,41 @@ def loader_workers(requested: int, who: str = "lightseg", say: bool = True) -> i
     return cap
 
 
+def sample_fingerprints(dataset) -> list[str]:
+    """One short hash per sample over its files' names, sizes and modification times: a stat per file, no
+    reading, so it is cheap on a whole split. Content changed in place (same names, same count) changes it."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    out = []
+    for pair in dataset.files:
+        h = hashlib.sha256()
+        for p in pair:
+            try:
+                st = os.stat(p)
+                h.update(f"{Path(p).name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+            except OSError:
+                h.update(f"{Path(p).name}\0missing\0".encode("utf-8", "surrogateescape"))
+        out.append(h.hexdigest()[:16])
+    return out
+
+
+def data_fingerprint(dataset, samples: list[str] | None = None) -> str:
+    """A hash of what a dataset gives: its samples' fingerprints (:func:`sample_fingerprints`), its class
+    count and its label mapping. Checkpoints record it (a resume names changed files) and the class-weight
+    cache is keyed by it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update("\n".join(samples if samples is not None else sample_fingerprints(dataset)).encode())
+    h.update(f"|{type(dataset).__name__}|{int(dataset.num_classes)}|".encode())
+    lut = getattr(dataset, "label_lut", None)
+    if lut is not None:
+        h.update(np.ascontiguousarray(lut).tobytes())
+    return h.hexdigest()[:32]
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Seed numpy and ``random`` in a DataLoader worker from its torch seed (distinct per worker and
     epoch, fixed by ``torch.manual_seed``).
@@ -167,7 +202,7 @@ def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> 
         img_path, lbl_path = dataset.files[i]
         try:
             label = dataset.load_label(i)
-            h, w = image_size(img_path)
+            h, w = check_image(img_path).size
             if (h, w) != label.shape[:2]:
                 problems.append(f"image {img_path} is {h}x{w} but its label {lbl_path} is "
                                 f"{label.shape[0]}x{label.shape[1]} (HxW); they must be the same size")
@@ -177,18 +212,19 @@ def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> 
 
 
 def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) -> list[tuple[int, str]]:
-    """``(index, problem)`` for each sample that cannot be evaluated, found cheaply (file headers and the
-    last bytes, no decoding): a missing, empty, truncated or unreadable image or label, an image and
-    label of different sizes, an image the models cannot take (under ``MIN_SIZE`` at some scale, unless
-    ``eval_size`` resizes it). Label values are only checked when a sample is loaded."""
+    """``(index, problem)`` for each sample that cannot be evaluated, found before any model runs, by the
+    loader's own checks: a missing, empty, truncated or unreadable image or label, a file that the decoding
+    rules refuse (CMYK, EXIF orientation, transparency; see :mod:`lightseg.data.base`), label values outside
+    the classes (the label is decoded and mapped as the loader does; images are only checked, not decoded),
+    an image and label of different sizes, an image the models cannot take (under ``MIN_SIZE`` at some
+    scale, unless ``eval_size`` resizes it)."""
     from ..models.base import MIN_SIZE
 
     problems = []
     for i, (img_path, lbl_path) in enumerate(dataset.files):
         try:
-            for p in (img_path, lbl_path):
-                check_file_complete(p)
-            (h, w), (lh, lw) = image_size(img_path), image_size(lbl_path)
+            h, w = check_image(img_path).size
+            lh, lw = dataset.load_label(i).shape[:2]
             if (h, w) != (lh, lw):
                 raise DataError(f"image {img_path} is {h}x{w} but its label {lbl_path} is {lh}x{lw} (HxW); "
                                 "they must be the same size")
@@ -204,6 +240,6 @@ def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) ->
 
 __all__ = [
     "DEFAULT_DATA_CFG", "DATASETS", "IGNORE_INDEX", "build_dataset", "merged_data_cfg", "resolve_split",
-    "worker_init_fn", "validate_dataset", "scan_samples", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
+    "worker_init_fn", "validate_dataset", "scan_samples", "sample_fingerprints", "data_fingerprint", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
     "FolderDataset", "read_image", "read_label", "DataError",
 ]

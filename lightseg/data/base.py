@@ -1,6 +1,7 @@
 """The one data path every dataset shares.
 
-file -> decode (OpenCV; labels unchanged) -> label mapping (to train ids, ignore = 255) -> augmentation on
+file -> header (what the file says it is: bit depth, palette, alpha, orientation, CMYK; see "decoding"
+below) -> decode (OpenCV; labels read exactly) -> label mapping (to train ids, ignore = 255) -> augmentation on
 numpy -> float tensor, normalised. Datasets differ only in how they list ``files`` and map labels
 (``map_label``); problems a user can fix raise ``DataError`` naming the file and the fix.
 """
@@ -87,50 +88,188 @@ def check_file_complete(path) -> None:
         _check_complete(_read_bytes(path), path)
 
 
-def read_image(path) -> np.ndarray:
-    """RGB uint8 (H, W, 3)."""
+# ------------------------------------------------------------ decoding: one path for images and labels
+# What a file holds is read from its header (Pillow's lazy open; for a PNG the IHDR chunk's bit depth and
+# colour type too) before OpenCV decodes it, so that image and label follow the same rules:
+#   bit depth   8 bits as stored; a 1/2/4-bit grayscale label keeps its values (OpenCV and Pillow scale them
+#               to 0..255: 1-bit 0/1 would become 0/255 = ignore); a 16-bit label keeps its values (refused
+#               when one is over 255, see map_label); a 16-bit image is scaled to 8 bits (value / 256).
+#   palette     an image becomes its colours; a label its indices (the class ids), not the colours.
+#   alpha       dropped when every pixel is opaque; a transparent pixel is refused (is it unlabelled? what
+#               did the camera see there?), for images and labels alike.
+#   orientation an EXIF orientation other than 1 (upright) is refused for both: a viewer rotates the image,
+#               OpenCV's colour decoder would too, a label decoder would not, and the pair would no longer match.
+#   CMYK        refused for both (print colour spaces have no single RGB reading).
+_PNG_COLOUR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+class ImageHeader:
+    """What an image file says about itself, from its header only (cheap: no pixel is decoded)."""
+
+    def __init__(self, fmt, mode, size, bit_depth=None, colour_type=None, orientation=1):
+        self.format, self.mode, self.size = fmt, mode, size  # size: (H, W)
+        self.bit_depth, self.colour_type, self.orientation = bit_depth, colour_type, orientation
+
+    @property
+    def alpha(self) -> bool:
+        return self.mode in _ALPHA_MODES or self.colour_type in (4, 6)
+
+    def describe(self) -> str:
+        """'a 1-bit grayscale PNG', 'a CMYK JPEG', ..."""
+        if self.bit_depth is not None:
+            what = f"{self.bit_depth}-bit {_PNG_COLOUR_TYPES.get(self.colour_type, 'unknown colour type')} PNG"
+        else:
+            what = f"{self.mode} {self.format or 'image'}"
+        return ("an " if what[0] in "8AEIOUFHLMNRSX" else "a ") + what
+
+
+def _png_ihdr(data: bytes):
+    """(bit depth, colour type) from a PNG's IHDR chunk (bytes 24 and 25), or (None, None)."""
+    if len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return data[24], data[25]
+    return None, None
+
+
+def read_header(path, data: bytes | None = None, what: str = "image") -> ImageHeader:
+    """The :class:`ImageHeader` of ``path`` (``data``: its bytes, when already read)."""
+    import io
+
+    from PIL import Image
+
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path).tobytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if "exif" in im.info:  # PNG: an eXIf chunk before the pixels; JPEG/WebP/TIFF: the APP1 block
+                exif = Image.Exif()
+                exif.load(im.info["exif"])
+            elif im.format == "PNG":  # Pillow's getexif() would decode a PNG's pixels to look after them
+                exif = {}
+            else:
+                exif = im.getexif()
+            orientation = exif.get(0x0112, 1)
+            header = ImageHeader(im.format, im.mode, (im.size[1], im.size[0]), *_png_ihdr(data),
+                                 orientation=orientation if isinstance(orientation, int) else 1)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the dataset root and list file") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for damaged headers
+        raise DataError(f"{path}: cannot decode the {what} (corrupt or not an image: {e.__class__.__name__}); "
+                        "re-copy it or remove it") from None
+    return header
+
+
+def check_header(path, header: ImageHeader, what: str, orientation: bool = False) -> None:
+    """Refuse, naming the file, what it is and the fix, what neither an image nor a label may be.
+    ``orientation``: an EXIF orientation is applied (an image without a label: ``lightseg predict``)."""
+    if header.mode == "CMYK":
+        raise DataError(f"{path}: {what} is {header.describe()} (a print colour space); convert it to RGB, e.g. "
+                        f"`convert {path.name} -colorspace sRGB out.png`, or remove it")
+    if header.orientation != 1 and not orientation:
+        raise DataError(f"{path}: {what} has EXIF orientation {header.orientation} (a viewer rotates or mirrors it; "
+                        f"its label would no longer match it); rotate the pixels themselves, e.g. "
+                        f"`mogrify -auto-orient {path.name}` (and its pair likewise if it was drawn on the rotated view), "
+                        "or remove the tag")
+
+
+def _drop_opaque_alpha(arr: np.ndarray, path, what: str, header: ImageHeader) -> np.ndarray:
+    """(H, W, C+1) -> (H, W, C) when every pixel is opaque; else refused."""
+    alpha = arr[..., -1]
+    opaque = np.iinfo(arr.dtype).max
+    if alpha.size and int(alpha.min()) < opaque:
+        n = int((alpha < opaque).sum())
+        raise DataError(f"{path}: {what} is {header.describe()} with {n} transparent pixel(s); lightseg cannot tell what "
+                        f"they stand for: flatten it without alpha (in a label, mark unlabelled pixels {IGNORE_INDEX})")
+    return arr[..., :-1]
+
+
+def _open_checked(path, what: str, orientation: bool = False):
+    """(bytes, header) of an image or label file that is complete and not refused by :func:`check_header`."""
     path = Path(path)
     data = _read_bytes(path)
     if data.size == 0:
-        raise DataError(f"{path}: image file is empty; re-copy it or remove it from the dataset")
+        raise DataError(f"{path}: {what} file is empty; re-copy it or remove it from the dataset")
     _check_complete(data, path)
+    header = read_header(path, data.tobytes(), what)
+    check_header(path, header, what, orientation)
     check_decoded_size(path, data[:65536].tobytes())  # from the header, before decoding
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{path}: cannot decode the image (corrupt or not an image); re-copy it or remove it")
+    return data, header
+
+
+def _decode(data: np.ndarray, flags: int, path, what: str) -> np.ndarray:
+    out = cv2.imdecode(data, flags)
+    if out is None:
+        raise DataError(f"{path}: cannot decode the {what} (corrupt or not an image); re-copy it or remove it")
+    return out
+
+
+def check_image(path, orientation: bool = False) -> ImageHeader:
+    """The header of an image that :func:`read_image` will accept (complete, not refused, opaque), found
+    without decoding its colours; a DataError naming the file, what it is and the fix otherwise."""
+    return _checked_image(Path(path), orientation)[1]
+
+
+def _checked_image(path: Path, orientation: bool):
+    data, header = _open_checked(path, "image", orientation)
+    if header.alpha:  # the alpha only for the check: the colours come from OpenCV's colour decoder as for any image
+        raw = _decode(data, cv2.IMREAD_UNCHANGED, path, "image")
+        if raw.ndim == 3 and raw.shape[2] in (2, 4):
+            _drop_opaque_alpha(raw, path, "the image", header)
+    return data, header
+
+
+def read_image(path, orientation: bool = False) -> np.ndarray:
+    """RGB uint8 (H, W, 3), decoded by the rules above. ``orientation``: turn the image upright by its EXIF
+    orientation instead of refusing it (for an image that has no label to match: ``lightseg predict``)."""
+    path = Path(path)
+    data, _ = _checked_image(path, orientation)
+    flags = cv2.IMREAD_COLOR if orientation else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = _decode(data, flags, path, "image")  # 16-bit: OpenCV scales to 8 bits (value / 256)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_label(path, colour: bool = False) -> np.ndarray:
-    """The raw label as stored: (H, W) class values, or (H, W, 3) RGB when ``colour``.
+    """The raw label as stored: (H, W) class values, or (H, W, 3) RGB when ``colour``, read exactly.
 
-    Palette ("P" mode) PNGs, as written by Mapillary Vistas and many annotation tools, store the class
-    index and a colour table; OpenCV would expand them to colours, so they are read with Pillow.
+    A palette PNG (Mapillary Vistas, many annotation tools) gives its indices; a 1/2/4-bit grayscale PNG its
+    stored values (0/1 for 1-bit); a 16-bit one its values (uint16: :meth:`SegmentationDataset.map_label`
+    refuses values over 255).
     """
+    import io
+
+    from PIL import Image
+
     path = Path(path)
-    data = _read_bytes(path)
-    if data.size == 0:
-        raise DataError(f"{path}: label file is empty; re-copy it or remove it from the dataset")
-    _check_complete(data, path)
-    check_decoded_size(path, data[:65536].tobytes())  # from the header, before decoding
-    # PNG colour type (byte 25 of the IHDR chunk) 3 = palette.
-    if not colour and data.size > 25 and data[:4].tobytes() == b"\x89PNG" and data[25] == 3:
-        import io
-
-        from PIL import Image
-
+    data, header = _open_checked(path, "label")
+    if not colour and (header.mode in ("1", "P", "PA") or header.colour_type == 3):
         try:
-            return np.array(Image.open(io.BytesIO(data.tobytes())))
-        except OSError as e:
+            with Image.open(io.BytesIO(data.tobytes())) as im:
+                label = np.array(im)
+        except Exception as e:  # noqa: BLE001 - Pillow's decoders raise several types for damaged data
             raise DataError(f"{path}: cannot decode the label ({e}); re-copy it or remove it") from None
-    label = cv2.imdecode(data, cv2.IMREAD_COLOR if colour else cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise DataError(f"{path}: cannot decode the label (corrupt or not an image); re-copy it or remove it")
+        return label[..., 0] if label.ndim == 3 else label.astype(np.uint8)  # PA: the index; "1": bool -> 0/1
+    label = _decode(data, cv2.IMREAD_UNCHANGED, path, "label")
+    if label.ndim == 3 and label.shape[2] in (2, 4):
+        label = _drop_opaque_alpha(label, path, "the label", header)
+        if label.shape[2] == 3 and header.colour_type == 4:  # OpenCV gives grayscale+alpha as BGRA
+            label = label[..., :1]
+    if label.ndim == 3 and label.shape[2] == 1:
+        label = label[..., 0]
+    if header.bit_depth in (1, 2, 4) and header.colour_type == 0:
+        label = label // (255 // (2 ** header.bit_depth - 1))  # the decoders scaled them to 0..255
     if colour:
+        if label.ndim == 2:
+            raise DataError(f"{path}: label is {header.describe()}; this dataset's labels are RGB colours (one per class)")
+        if label.dtype != np.uint8:
+            if label.max() > 255:
+                raise DataError(f"{path}: label is {header.describe()} with colour values up to {int(label.max())}; "
+                                "class colours are 8-bit: save it as an 8-bit RGB PNG")
+            label = label.astype(np.uint8)
         return cv2.cvtColor(label, cv2.COLOR_BGR2RGB)
     if label.ndim == 3:
-        raise DataError(f"{path}: label has {label.shape[2]} channels; expected a single-channel PNG of class "
-                        "indices (colour-coded labels must be converted to indices first)")
+        raise DataError(f"{path}: label has {label.shape[2]} channels ({header.describe()}); expected a single-channel "
+                        "PNG of class indices (colour-coded labels must be converted to indices first)")
     return label
 
 
@@ -198,12 +337,17 @@ def read_pair_list(list_file: Path, resolve) -> list[tuple[Path, Path]]:
 
 
 def pair_by_stem(images, label_for) -> list[tuple[Path, Path]]:
-    """Pair each image (sorted) with ``label_for(image_path)``; a missing label is a DataError naming both."""
-    files = []
+    """Pair each image (sorted) with ``label_for(image_path)``; a missing label, or two images that would
+    share one, is a DataError naming them."""
+    files, owner = [], {}
     for img in sorted(images):
         lbl = label_for(img)
         if not lbl.is_file():
             raise DataError(f"image {img} has no label {lbl}; add the label or remove the image")
+        if lbl in owner:  # a.png and a.jpg: one label would be scored (and trained) twice, against two images
+            raise DataError(f"images {owner[lbl]} and {img} would share the label {lbl} (labels are found by the image's "
+                            "name); rename or remove one of the images")
+        owner[lbl] = img
         files.append((img, lbl))
     return files
 

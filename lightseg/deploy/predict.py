@@ -43,6 +43,9 @@ MAX_DECLARED_FRAMES = 10 ** 8  # over a year at 30 frames/s: a container declari
 OUTPUT_NAMES = ("*_label.png", "*_color.png", "*_overlay.png", "*_overlay.mp4")  # what predict writes
 QUEUE_SIZE = 4  # frames in flight between two stages: enough to absorb jitter, little memory
 WINDOW_NAME = "lightseg"
+# Camera indices lightseg passes to OpenCV: V4L2 numbers /dev/video0..63, others count from 0 too; a larger
+# number is a typo (or an OpenCV backend code) and is refused rather than handed to OpenCV.
+MAX_CAMERA_INDEX = 255
 _DONE = object()
 
 
@@ -72,8 +75,19 @@ def _images_in(files, what) -> Source:
 def classify_input(spec) -> Source:
     """Turn ``--input`` into a :class:`Source` (errors name the input and what is accepted)."""
     text = str(spec)
-    if text.isdigit():
-        return Source("camera", target=int(text), name=f"camera{text}")
+    digits = text[1:] if text[:1] in "+-" else text
+    if digits.isdigit() or (digits.isdecimal() and digits):  # a camera index, or a file or folder named like one
+        if Path(text).exists():  # an existing path wins: --input 0 beside a folder 0 reads the folder
+            print(f"lightseg predict: --input {text}: reading the {'folder' if Path(text).is_dir() else 'file'} {text} "
+                  f"(a number is a camera index only when no such path exists)", file=sys.stderr)
+        elif not (text.isascii() and text.isdigit()):
+            raise LightsegError(f"--input {text!r}: a camera index is written with the digits 0-9 and is 0 or more "
+                                f"(0..{MAX_CAMERA_INDEX}), e.g. --input 0; no file or folder of that name exists either")
+        elif int(text) > MAX_CAMERA_INDEX:
+            raise LightsegError(f"--input {text}: camera index out of range; cameras are numbered 0..{MAX_CAMERA_INDEX} "
+                                f"(0 is the first), and no file or folder of that name exists")
+        else:
+            return Source("camera", target=int(text), name=f"camera{text}")
     if "://" in text:
         scheme, rest = text.split("://", 1)
         if scheme == "file" and not Path(rest).exists():
@@ -380,7 +394,7 @@ def _predict_images(segmenter, files, out_dir, batch_size, rate):
 
     def frames():
         for f in files:
-            yield f, read_image(f)  # DataError naming the file if it is corrupt or truncated
+            yield f, read_image(f, orientation=True)  # DataError naming the file if it is corrupt or truncated
 
     with _progress(len(files), "image") as bar:
         def consume(f, rgb, label):

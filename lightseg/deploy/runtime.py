@@ -230,11 +230,11 @@ def load_model(model_name=None, checkpoint=None, num_classes=None, device="cpu")
 
 
 def checkpoint_normalization(ckpt) -> str:
-    """The normalisation a checkpoint's model was trained with (``config.data.normalize``)."""
+    """The normalisation a checkpoint's model was trained with (its ``normalize``, else ``config.data.normalize``)."""
+    from ..checkpoint import trained_input
     from ..data.base import NORMALIZATIONS
 
-    config = (ckpt or {}).get("config") or {}
-    name = (config.get("data") or {}).get("normalize", "imagenet")
+    name = trained_input(ckpt or {})["normalize"] or "imagenet"
     if name not in NORMALIZATIONS:
         raise CheckpointError(f"checkpoint config data.normalize = {name!r} is unknown; known: {', '.join(NORMALIZATIONS)}")
     return name

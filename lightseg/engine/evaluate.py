@@ -58,6 +58,20 @@ def _prediction_name(dataset, index: int) -> str:
     return Path(dataset.files[index][0]).stem + ".png"
 
 
+def check_prediction_names(dataset) -> None:
+    """Every sample's prediction PNG gets its own name (compared ignoring case, as on macOS and Windows):
+    otherwise one would overwrite another. Refused before any work, naming both images."""
+    seen: dict[str, int] = {}
+    for i in range(len(dataset)):
+        name = _prediction_name(dataset, i).lower()
+        if name in seen:
+            a, b = dataset.files[seen[name]][0], dataset.files[i][0]
+            raise DataError(f"--save-predictions: images {a} and {b} would both be saved as {_prediction_name(dataset, i)}; "
+                            "rename one of them (predictions are named after the image, so that lightseg score pairs "
+                            "them with the labels)")
+        seen[name] = i
+
+
 def _first(batch):
     return batch[0]
 
@@ -215,7 +229,7 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     torchrun each rank's GPU.
     """
     from .. import create_model
-    from ..checkpoint import load_checkpoint, load_model_weights
+    from ..checkpoint import CHANNEL_ORDER, check_trained_input, load_checkpoint, load_model_weights, trained_input
     from ..config import load_config
     from ..data import build_dataset, loader_workers, resolve_split, scan_samples
     from ..devices import resolve_device
@@ -250,6 +264,7 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     if weights is not None:
         model = create_model(model_cfg["name"], weights=weights, num_classes=model_cfg["num_classes"])
         source = f"{model_cfg['name']} weights {weights!r}"
+        trained = trained_input(model.weights_record)
     else:
         ckpt = load_checkpoint(checkpoint)
         trained_as = ckpt.get("model_name")
@@ -259,6 +274,11 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"], **(model_cfg.get("kwargs") or {}))
         load_model_weights(model, ckpt, path_for_errors=str(checkpoint))
         source = str(checkpoint)
+        trained = trained_input(ckpt)
+    # The weights' own normalisation, classes, ignore index and channel order, or a refusal naming both values.
+    check_trained_input(trained, {"normalize": data_cfg["normalize"], "classes": list(dataset.classes),
+                                  "ignore_index": getattr(dataset, "ignore_index", IGNORE_INDEX),
+                                  "channel_order": CHANNEL_ORDER}, source)
 
     if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
         raise ConfigError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend onnxruntime_int8 or drop them")
@@ -294,6 +314,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     if save_predictions:
         remove_stale_temp_files(save_predictions, ("*.png",))
         refuse_links_in(save_predictions, ("*.png",))
+    if save_predictions:
+        check_prediction_names(dataset)
     problems = scan_samples(dataset, eval_size=data_cfg.get("eval_size"), scales=tuple(scales or eval_cfg.get("scales") or (1.0,)))
     if problems:
         listed = "; ".join(m for _, m in problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3 else "")
@@ -359,6 +381,7 @@ def _cityscapes_pairs(pred_dir: Path, gt_dir: Path):
     for p in sorted(pred_dir.rglob("*.png")):
         preds.setdefault("_".join(p.name.split("_")[:3]), []).append(p)
     pairs, missing = [], []
+    _unique_by(gt_files, lambda g: "_".join(g.name.split("_")[:3]), "labels", "--gt-dir")
     for g in gt_files:
         key = "_".join(g.name.split("_")[:3])
         found = preds.get(key, [])
@@ -378,11 +401,25 @@ def _camvid_pairs(pred_dir: Path, gt_dir: Path):
     gt_files = sorted(gt_dir.rglob("*.png"))
     if not gt_files:
         raise DataError(f"no label PNGs under {gt_dir}; pass --gt-dir the CamVid label folder (e.g. testannot)")
-    preds = {p.stem: p for p in sorted(pred_dir.rglob("*.png"))}
+    preds = _unique_by(sorted(pred_dir.rglob("*.png")), lambda p: p.stem, "predictions", "--pred-dir")
+    _unique_by(gt_files, lambda g: g.stem, "labels", "--gt-dir")
     missing = [g.name for g in gt_files if g.stem not in preds]
     if missing:
         raise LightsegError(_list_missing(missing, pred_dir) + " (predictions are matched to labels by file name)")
     return [(preds[g.stem], g) for g in gt_files]
+
+
+def _unique_by(files, key, what, where) -> dict:
+    """``{key(f): f}``; two files with one key (one name in two sub-folders) are refused: one would be
+    scored twice and the other never."""
+    out = {}
+    for f in files:
+        k = key(f)
+        if k in out:
+            raise DataError(f"{where}: {what} {out[k]} and {f} have the same name {k!r}; predictions are paired with "
+                            f"labels by name: keep one {what[:-1]} of each name")
+        out[k] = f
+    return out
 
 
 def score_predictions(pred_dir, gt_dir, dataset: str) -> dict:

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import (atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
+from ..checkpoint import (CHANNEL_ORDER, atomic_write_bytes, load_checkpoint, load_model_weights, non_finite_tensor,
                           remove_stale_temp_files, save_checkpoint)
 from ..config import load_config, parse_override, safe_load_bounded, save_config
 from ..errors import CheckpointError, ConfigError, DataError, LightsegError
@@ -47,7 +47,7 @@ from ..outputs import (OutputError, append_text, check_output_dir, check_outputs
                        write_error)
 from . import distributed as du
 from .optim import IterationScheduler, build_optimizer
-from .rundir import LOCK_NAME, RUN_FILES, claim_run_dir, resume_differences
+from .rundir import LOCK_NAME, RUN_FILES, claim_run_dir, read_run_log, resume_differences
 
 # --skip-bad: when more than this share of a split's samples is bad, the run stops (the data are broken,
 # not a few files); `--max-bad` changes it.
@@ -317,6 +317,10 @@ class Trainer:
         validating = bool(t["val_every_epochs"] or t["val_interval"])
         self.val_set = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False) if validating else None
         self._check_val_split()
+        from ..data import data_fingerprint, sample_fingerprints
+
+        self.data_samples = sample_fingerprints(self.train_set)  # names, sizes, mtimes: a stat per file
+        self.data_fingerprint = data_fingerprint(self.train_set, self.data_samples)
         n_cls = cfg["model"]["num_classes"]
         if getattr(self.train_set, "num_classes", n_cls) != n_cls:
             raise ConfigError(f"model.num_classes is {n_cls} but the {cfg['data']['name']} dataset at {cfg['data']['root']!r} "
@@ -512,21 +516,55 @@ class Trainer:
                 raise ConfigError(msg + ". Resume with the data it was trained on, or pass --force-override")
             if self.dist.is_main:
                 print(f"lightseg train: --force-override: {msg}", file=sys.stderr)
+        elif ckpt.get("data_fingerprint") not in (None, self.data_fingerprint):
+            self._data_changed(ckpt)
+        self._resume_threads(ckpt.get("num_threads"))
+
+    def _data_changed(self, ckpt: dict) -> None:
+        """Same sample count, other content (a file replaced or edited in place: another size or modification
+        time): the run would not continue on what it trained on. Names the samples; refused unless forced."""
+        saved = ckpt.get("data_samples") or []
+        changed = [i for i, (a, b) in enumerate(zip(saved, self.data_samples)) if a != b]
+        if changed:
+            named = "; ".join(" and ".join(map(str, self.train_set.files[i])) for i in changed[:3])
+            what = (f"{len(changed)} of {len(self.data_samples)} training samples have files of another size or "
+                    f"modification time than when it was saved: {named}" + (" ..." if len(changed) > 3 else ""))
+        else:
+            what = "the training set's classes or label mapping changed"
+        msg = f"{self.resume_ckpt}: the training data changed since the run saved it: {what}"
+        if not self.force_override:
+            raise ConfigError(msg + ". Restore those files, or pass --force-override to train on with the new data")
+        if self.dist.is_main:
+            print(f"lightseg train: --force-override: {msg}", file=sys.stderr)
+
+    def _resume_threads(self, saved) -> None:
+        """Continue with the intra-op thread count the run was trained with: float sums (convolutions, BatchNorm)
+        are split per thread, so another count changes the weights in the last bits (a max diff of 1e-5 after a
+        few iterations) and the resume would not be bitwise. Said on stderr; put back when the run ends."""
+        now = torch.get_num_threads()
+        if not saved or saved == now:
+            return
+        if not self.cfg["train"]["deterministic"]:
+            if self.dist.is_main:
+                print(f"lightseg train: warning: {self.resume_ckpt} was trained with {saved} intra-op threads, this "
+                      f"process has {now}; the result will differ from an uninterrupted run in the last bits", file=sys.stderr)
+            return
+        torch.set_num_threads(int(saved))
+        self._threads_before = now
+        if self.dist.is_main:
+            print(f"lightseg train: resuming with {saved} intra-op threads as {self.resume_ckpt} was trained (this "
+                  f"process had {now}), so that it continues bitwise as an uninterrupted run", file=sys.stderr)
 
     def _commit_log(self) -> None:
         """A resumed run's first save: drop the records the interrupted run wrote after the checkpoint it
         resumed from (they were redone), then add this run's records, in one atomic rewrite. Until then
         log.jsonl is left as it was, so that a resume that fails leaves the run folder untouched."""
         keep = []
-        if self.log_path.is_file():
-            for line in self.log_path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                it = rec.get("iter", 0)
-                if it < self.resumed_from or (it == self.resumed_from and not (self.resumed_val_pending and rec.get("kind") == "val")):
-                    keep.append(json.dumps(rec))
+        records = getattr(self, "_resume_log", None)
+        for rec in read_run_log(self.log_path) if records is None else records:  # checked as the resume started
+            it = rec.get("iter", 0)
+            if it < self.resumed_from or (it == self.resumed_from and not (self.resumed_val_pending and rec.get("kind") == "val")):
+                keep.append(json.dumps(rec))
         keep.extend(json.dumps(rec) for rec in self._log_pending)
         text = ("\n".join(keep) + "\n" if keep else "").encode()
         atomic_write_bytes(self.log_path, lambda f: f.write(text))
@@ -582,6 +620,10 @@ class Trainer:
             "num_classes": int(self.cfg["model"]["num_classes"]),
             "classes": list(getattr(ds, "classes", ())),
             "palette": [list(map(int, c)) for c in getattr(ds, "palette", ())],
+            # what the weights expect of their input: eval refuses other settings (checkpoint.check_trained_input)
+            "normalize": self.cfg["data"]["normalize"],
+            "ignore_index": int(getattr(ds, "ignore_index", 255)),
+            "channel_order": CHANNEL_ORDER,
             "config": self.cfg,
             "optimizer": self.optimizer.state_dict(),
             "optimizer_name": self.cfg["train"]["optimizer"]["name"],
@@ -597,6 +639,10 @@ class Trainer:
             "best_miou": float(self.best_miou),
             "optimizer_steps": int(self.optimizer_steps),
             "train_samples": len(ds),
+            "data_fingerprint": self.data_fingerprint,
+            "data_samples": self.data_samples,
+            # float sums depend on the intra-op thread count: a resume runs with the same one
+            "num_threads": int(torch.get_num_threads()),
             "val_pending": False,
             # Fine-tuning's starting point (model.init_from): what was loaded, from which file (sha256).
             "init_from": self.init_record,
@@ -709,20 +755,39 @@ class Trainer:
                     if self.resume_ckpt is not None:
                         self._resume_state = load_checkpoint(self.resume_ckpt)
                         self._check_resume_config(self._resume_state)
+                        # read (and refuse, naming the line) before anything is written: see _commit_log
+                        self._resume_log = read_run_log(self.log_path) if main else []
                     self._build()
                     if self.cfg["train"]["tensorboard"] and self.dist.is_main:
                         from .tensorboard import TensorBoardLogger
 
                         self.tb = TensorBoardLogger(output_subdir(self.run_dir / "tensorboard"),
                                                     purge_step=self.iteration + 1 if self.resume_ckpt is not None else None)
-                    return self._fit()
+                    try:
+                        return self._fit()
+                    except LightsegError as e:
+                        if main and self.resume_ckpt is None and not isinstance(e, TrainingInterrupted):
+                            self._forget_unsaved_run()
+                        raise
                 finally:  # closed while the folder is still held (a failed start's files are then taken back)
                     if self.tb is not None:
                         self.tb.close()
                         self.tb = None
         finally:
+            if getattr(self, "_threads_before", None):
+                torch.set_num_threads(self._threads_before)
             if hasattr(self, "dist"):
                 du.teardown(self.dist)
+
+    def _forget_unsaved_run(self) -> None:
+        """A fresh run refused before its first checkpoint (a batch that cannot be formed, a loss that is NaN
+        at once, ...) removes the config.yaml and log.jsonl it wrote: with nothing to continue from they would
+        only make the next run refuse the folder. bad_samples.jsonl stays: the refusal points to it."""
+        if (self.run_dir / "last.pt").exists():
+            return
+        for name in ("config.yaml", "log.jsonl"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / name).unlink()
 
     def _fit(self) -> Path:
         from tqdm import tqdm

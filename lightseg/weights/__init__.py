@@ -20,11 +20,40 @@ import json
 from pathlib import Path
 
 from ..errors import CheckpointError, LightsegError
+from .. import schema
+from ..schema import MAPPING, Rule, first_violation, integer, number, string
 
 # Where the files and manifest.json live; tests point it at a temporary folder.
 WEIGHTS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("model", "weights", "file", "sha256", "dataset", "num_classes", "classes", "palette")
+
+
+def _plain_name(v) -> bool:
+    return isinstance(v, str) and bool(v) and "/" not in v and "\\" not in v and v not in (".", "..")
+
+
+def _sha256(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+# The type and range of every field lightseg reads from a record (the optional ones when present).
+RECORD: dict[str, Rule] = {
+    "model": string(),
+    "weights": string(),
+    "file": Rule("a file name in the weights folder (no path)", _plain_name),
+    "sha256": Rule("64 lowercase hex digits", _sha256),
+    "dataset": string(),
+    "num_classes": integer(1),
+    "classes": schema.CLASS_NAMES,
+    "palette": schema.PALETTE,
+    "normalize": schema.NORMALIZE,
+    "ignore_index": schema.IGNORE_INDEX,
+    "channel_order": schema.CHANNEL_ORDER,
+    "model_kwargs": MAPPING,
+    "iterations": integer(0, null=True),
+    "val_miou": number(0, 1, null=True),
+}
 
 
 def _manifest_path() -> Path:
@@ -44,9 +73,19 @@ def list_weights() -> list[dict]:
     if not isinstance(records, list):
         raise LightsegError(f"{path}: expected {{\"weights\": [records]}}; reinstall lightseg")
     for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise LightsegError(f"{path}: record {i} is {type(r).__name__}, not a mapping of fields; reinstall lightseg")
         missing = [k for k in REQUIRED_KEYS if k not in r]
         if missing:
             raise LightsegError(f"{path}: record {i} ({r.get('model')!r}) lacks {', '.join(missing)}")
+        bad = first_violation(r, RECORD)
+        if bad is not None:
+            key, value, expected = bad
+            raise LightsegError(f"{path}: record {i} ({r.get('model')!r}) has {key} = {repr(value)[:80]}, expected "
+                                f"{expected}; reinstall lightseg")
+        if len(r["classes"]) != r["num_classes"] or len(r["palette"]) != r["num_classes"]:
+            raise LightsegError(f"{path}: record {i} ({r['model']!r}) has {len(r['classes'])} classes and "
+                                f"{len(r['palette'])} colours for num_classes {r['num_classes']}; reinstall lightseg")
     return records
 
 
@@ -102,6 +141,9 @@ def load_weights(record: dict) -> dict:
         obj = {"model": obj}
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    from ..checkpoint import _check_metadata
+
+    _check_metadata(obj, path)
     return obj
 
 
