@@ -4,7 +4,7 @@ ONNX Runtime fp32 and int8), batch 1, CPU, plus this machine's measured peak GFL
     .venv/bin/python benchmarks/bench_backends.py       # -> benchmarks/results/backends.json
 
 Same as ``lightseg bench --model M ... --size 512 1024 --backend all --peak --json``.
-Targets (issue 4): ONNX Runtime >= 2.5x eager NCHW for each model; atonet_r18 >= 40% of the conv peak.
+Targets: ONNX Runtime >= 2.5x eager NCHW for each model; atonet_r18 >= 40% of the conv peak.
 """
 import argparse
 import sys

@@ -1,4 +1,4 @@
-"""Issue 3: does the data loader keep up with training? Measures, on real CamVid, (a) the images/s the
+"""Does the data loader keep up with training? Measures, on real CamVid, (a) the images/s the
 training DataLoader delivers with a recipe's augmentation and (b) the images/s of mininet_211k training
 steps (batch 8, forward + backward + Adam, channels_last as the trainer uses), and writes both to
 benchmarks/results/loader.json. The loader must sustain at least twice the training step rate.

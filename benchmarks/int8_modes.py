@@ -1,4 +1,4 @@
-"""int8 weight formats against fp32: which keeps a model closest where the u8 x s8 kernel saturates (issue 12).
+"""int8 weight formats against fp32: which keeps a model closest where the u8 x s8 kernel saturates.
 
     .venv/bin/python benchmarks/int8_modes.py            # -> benchmarks/results/int8_modes.json
 

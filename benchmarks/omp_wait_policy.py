@@ -1,4 +1,4 @@
-"""Training images/s under OpenMP wait policies, alone and beside one competing process (issue 12).
+"""Training images/s under OpenMP wait policies, alone and beside one competing process.
 
     .venv/bin/python benchmarks/omp_wait_policy.py            # -> benchmarks/results/omp_wait_policy.json
 

@@ -1,4 +1,4 @@
-"""Issue 14: is `lightseg predict` real time end to end? On a clip of CamVid val frames (360x480, made
+"""Is `lightseg predict` real time end to end? On a clip of CamVid val frames (360x480, made
 here with OpenCV in a temporary folder, never committed) it measures
 
 * the model alone: the Segmenter on the decoded frames, nothing else running (warm median ms/frame),

@@ -1,4 +1,4 @@
-"""Issue 14: should data/transforms.py use albumentations? On real CamVid training images, for the
+"""Should data/transforms.py use albumentations? On real CamVid training images, for the
 augmentation of the CamVid recipes (MiniNet's scale + crop + flip, RDS-Net's flip + 2-pixel translation)
 and for colour jitter (which no recipe uses), it measures
 

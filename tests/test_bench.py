@@ -1,4 +1,4 @@
-"""Benchmark timing, MAC/FLOP labelling, memory and the `lightseg bench` command (issue 5)."""
+"""Benchmark timing, MAC/FLOP labelling, memory and the `lightseg bench` command."""
 import json
 
 import pytest

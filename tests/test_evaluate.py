@@ -297,7 +297,7 @@ def test_eval_command_round_trip_with_score(tmp_path, capsys):
     assert scored["confusion_matrix"] == report["confusion_matrix"]
     assert scored["category_iou"] == report["category_iou"]
 
-    # sliding windows as large as the image are the whole image; smaller ones run too (issue 14)
+    # sliding windows as large as the image are the whole image; smaller ones run too
     assert main([*argv[:-2], "--mode", "slide", "--crop", "64", "96"]) == 0
     slide_report = json.loads(capsys.readouterr().out)
     assert slide_report["mode"] == "slide" and slide_report["crop"] == [64, 96] and slide_report["stride"] == [43, 64]

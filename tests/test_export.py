@@ -1,4 +1,4 @@
-"""BatchNorm folding, ONNX export and ONNX Runtime parity (issue 4)."""
+"""BatchNorm folding, ONNX export and ONNX Runtime parity."""
 
 import onnx
 import onnxruntime as ort

@@ -1,4 +1,4 @@
-"""CPU feature detection (issue 12): parsed from /proc/cpuinfo text, so any CPU kind is testable anywhere."""
+"""CPU feature detection: parsed from /proc/cpuinfo text, so any CPU kind is testable anywhere."""
 
 from lightseg.hardware import ISA_FEATURES, CpuInfo, cpu_from_flags, cpu_info, parse_cpuinfo
 

@@ -1,4 +1,4 @@
-"""The one inference function (lightseg.inference): whole and sliding-window modes (issue 14)."""
+"""The one inference function (lightseg.inference): whole and sliding-window modes."""
 import pytest
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""lightseg chooses OpenMP's wait policy only when it can take effect and the user has not (issue 12)."""
+"""lightseg chooses OpenMP's wait policy only when it can take effect and the user has not."""
 import os
 import subprocess
 import sys

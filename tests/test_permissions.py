@@ -1,4 +1,4 @@
-"""Outputs are created with the user's umask, like any file they write (issue 12): mkstemp's 0600 is not kept."""
+"""Outputs are created with the user's umask, like any file they write: mkstemp's 0600 is not kept."""
 import contextlib
 import os
 import stat

@@ -1,4 +1,4 @@
-"""`lightseg predict` on an image, a folder and a video; both backends; bad inputs (issue 5)."""
+"""`lightseg predict` on an image, a folder and a video; both backends; bad inputs."""
 import cv2
 import numpy as np
 import pytest
@@ -142,7 +142,7 @@ def test_bad_inputs_exit_2(trained, tmp_path, capsys):
     assert f"holds a {MODEL!r} model" in err and f"--model {MODEL}" in err
 
 
-# ------------------------------------------------------------------ inputs, batching, pipeline (issue 14)
+# ------------------------------------------------------------------ inputs, batching, pipeline
 def write_video(path, frames=6, h=64, w=96, fps=10.0):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     assert writer.isOpened()

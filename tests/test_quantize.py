@@ -1,4 +1,4 @@
-"""Deployment rewrites (reparameterize, PReLU as convolutions, ceil_mode) and the int8 path (issue 4)."""
+"""Deployment rewrites (reparameterize, PReLU as convolutions, ceil_mode) and the int8 path."""
 
 import warnings
 

@@ -1,4 +1,4 @@
-"""Issue 6: user mistakes end with exit code 2, a message naming the file/key, and nothing already
+"""User mistakes end with exit code 2, a message naming the file/key, and nothing already
 written (checkpoints, run directory) lost or half-written."""
 import hashlib
 import json
@@ -49,7 +49,8 @@ def test_checkpoint_of_other_classes_or_architecture_names_keys(trained, tmp_pat
     other = tmp_path / "other"
     five = lightseg.create_model("mininet_95k", num_classes=5)
     good = load_checkpoint(run_dir / "last.pt")
-    save_checkpoint({**good, "model": five.state_dict(), "num_classes": 5}, other / "last.pt")
+    save_checkpoint({**good, "model": five.state_dict(), "num_classes": 5, "classes": good["classes"][:5],
+                     "palette": good["palette"][:5]}, other / "last.pt")
     assert main(["train", str(recipe), "--resume", str(other)]) == 2
     err = capsys.readouterr().err
     assert str(other / "last.pt") in err and "shape mismatch" in err and "(5," in err and "(11," in err

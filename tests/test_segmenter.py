@@ -1,4 +1,4 @@
-"""lightseg.Segmenter, the one high-level API, and the deploy package's layering (issue 14)."""
+"""lightseg.Segmenter, the one high-level API, and the deploy package's layering."""
 import ast
 from pathlib import Path
 
@@ -31,13 +31,16 @@ def images(n=2, h=72, w=96):
 def test_segmenter_gives_the_labels_of_lightseg_predict(ckpt, tmp_path, backend):
     rgb = images(1)[0]
     assert cv2.imwrite(str(tmp_path / "street.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    kwargs = {"calibration": str(tmp_path)} if backend == "onnxruntime_int8" else {}
+    calib = tmp_path / "calib"  # an output may not go inside an input folder: the calibration images apart
+    calib.mkdir()
+    assert cv2.imwrite(str(calib / "street.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    kwargs = {"calibration": str(calib)} if backend == "onnxruntime_int8" else {}
     seg = lightseg.Segmenter.from_checkpoint(ckpt, backend=backend, **kwargs)
     assert seg.classes == list(CAMVID_CLASSES) and seg.device.type == "cpu"
     label = seg(rgb)
     assert label.shape == (72, 96) and label.dtype == np.uint8 and label.max() < 11
     argv = ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "street.png"), "--output", str(tmp_path / "out"),
-            "--backend", backend] + (["--calib", str(tmp_path)] if kwargs else [])
+            "--backend", backend] + (["--calib", str(calib)] if kwargs else [])
     assert main(argv) == 0  # no --model: the checkpoint names it
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "street_label.png"), cv2.IMREAD_UNCHANGED), label)
     if backend != "eager":

@@ -1,4 +1,4 @@
-"""Everyday use (issue 14): --set with several pairs, recipes by name, training without validation,
+"""Everyday use: --set with several pairs, recipes by name, training without validation,
 TensorBoard, help on every flag, error messages that name existing flags, --version, `lightseg models`."""
 import ast
 import json

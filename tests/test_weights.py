@@ -1,4 +1,4 @@
-"""Weights shipped in the package (issue 13's one-command use) and the wheel (issue 14's packaging).
+"""Weights shipped in the package (one-command use) and the wheel (packaging).
 
 The tests write a tiny weight file of their own and point the registry at it; the real files and
 manifest records are added by the training runs."""

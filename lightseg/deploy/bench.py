@@ -486,7 +486,7 @@ def bench_command(args) -> list:
             raise LightsegError(f"the {args.backend} backend runs float32 only; drop --dtype or use --backend eager")
 
     from ..bounds import check_fits
-    from .predict import estimate_memory
+    from ..bounds import estimate_memory
 
     for name in names:  # what cannot fit is refused with the estimate before anything runs
         h, w = tuple(args.size) if args.size else tuple(model_info(name).paper_size)

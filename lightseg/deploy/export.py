@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import LightsegError
 from .fuse import prepare_for_inference
 
-# Parity thresholds of the project (issue 4): logits within 1e-3, argmax equal on >= 99.9% of pixels.
+# Parity thresholds of the project: logits within 1e-3, argmax equal on >= 99.9% of pixels.
 PARITY_MAX_ABS = 1e-3
 PARITY_MIN_AGREEMENT = 99.9
 INPUT_NAME, OUTPUT_NAME = "images", "logits"

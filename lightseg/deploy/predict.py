@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..bounds import available_memory
+from ..bounds import WHOLE_BYTES_PER_PIXEL, SLIDE_BYTES_PER_PIXEL, available_memory, estimate_memory  # noqa: F401
 from ..errors import LightsegError
 from ..outputs import (check_output_dir, check_outputs_apart, create_temp, publish, refuse_links_in,
                        remove_stale_temp_files)
@@ -342,25 +342,6 @@ def _check_images(files, segmenter):
                             f"{'is' if len(small) == 1 else 'are'} under {MIN_SIZE}x{MIN_SIZE}; pass --size H W to resize "
                             "them to the model")
     return kept, small
-
-
-# Peak memory of one image: (12 + 8 C) bytes per pixel at the image's size (the float input, the scores of C
-# classes and their copy), plus (WHOLE_BYTES_PER_PIXEL + 4 C) per pixel the model sees (activations): 440 B/px
-# at 19 classes, above the 238-380 B/px measured (peak RSS, eager, CPU) for the five model families at 1024x1024.
-# Slide mode keeps the input, the summed scores and the label map at full size; the model sees one window.
-WHOLE_BYTES_PER_PIXEL = 200
-SLIDE_BYTES_PER_PIXEL = 64
-
-
-def estimate_memory(h, w, num_classes, mode="whole", crop=None, size=None) -> int:
-    """Rough peak bytes to segment one h x w image (see ``WHOLE_BYTES_PER_PIXEL``)."""
-    classes = num_classes or 19
-    pixels = h * w
-    model_pixels = size[0] * size[1] if size else pixels
-    if mode == "slide":
-        window = min(model_pixels, crop[0] * crop[1])
-        return pixels * (SLIDE_BYTES_PER_PIXEL + 8 * classes) + window * (WHOLE_BYTES_PER_PIXEL + 4 * classes)
-    return pixels * (12 + 8 * classes) + model_pixels * (WHOLE_BYTES_PER_PIXEL + 4 * classes)
 
 
 def _check_memory(path, h, w, segmenter):

@@ -10,7 +10,7 @@ The weight format depends on the CPU that will run the model (:func:`choose_int8
 Runtime's u8 x s8 kernel is exact only where an int8 dot product accumulates in int32 (VNNI, AVX-VNNI, AMX,
 ARM). On x86 without them it uses ``vpmaddubsw``, which adds each pair of u8 x s8 products in int16 and
 saturates (2 x 255 x 127 = 64770 > 32767): on a Zen 3 that made a test model's int8 error 0.21 against
-0.04 with 7-bit weights (issue 12). The mode is written into the model's metadata
+0.04 with 7-bit weights. The mode is written into the model's metadata
 (``lightseg.int8_mode``), and a model made for another CPU kind is flagged when loaded (:func:`mode_warning`).
 
 This is a different numerical model from the fp32 one, so it is its own backend (``onnxruntime_int8``),
@@ -50,7 +50,7 @@ def choose_int8_mode(cpu: CpuInfo | None = None) -> tuple:
     Mirrors the kernel choice of ONNX Runtime's MLAS (``mlas/lib/platform.cpp``): AMX, else the AVX-512 core
     kernels (VNNI or not), else the AVX2 ones (AVX-VNNI or not). Without an int32-accumulating dot product the
     u8 x s8 kernel saturates pairs of products in int16, so the weights get 7 bits: that keeps the fast kernel,
-    and on a Zen 3 it was closer to fp32 than U8U8 (0.043 against 0.063 relative error, issue 12), which also
+    and on a Zen 3 it was closer to fp32 than U8U8 (0.043 against 0.063 relative error), which also
     runs a slower widening kernel there. ARM's kernels accumulate in int32 (``sdot``/``udot``) or in int16
     pairs of s8 x s8 products, which cannot overflow with symmetric weights (2 x 128 x 127 < 32768).
     """

@@ -1,4 +1,4 @@
-"""How far a model is from this machine's limits: a measured roofline (issue 12).
+"""How far a model is from this machine's limits: a measured roofline.
 
 * :func:`measure_ceiling`: the fp32 compute ceiling is the fastest of the kernels a conv net runs on here:
   oneDNN convolutions (PyTorch, NHWC) and MLAS convolutions (ONNX Runtime) at several shapes, and a large GEMM

@@ -120,11 +120,12 @@ def _stack(group):
 
 
 def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), eval_size=None, batch_size: int = 1,
-             distributed: bool = False, progress: bool = True, save_predictions=None, num_workers: int = 0,
+             distributed: bool = False, progress: bool | str = True, save_predictions=None, num_workers: int = 0,
              mode: str = "whole", crop=None, stride=None, on_bad=None) -> dict:
     """Evaluate ``model`` on ``dataset`` (built with ``train=False``: full resolution) and return the report.
 
     ``mode``/``crop``/``stride``: whole-image or sliding-window inference (:mod:`lightseg.inference`).
+    ``progress``: a progress bar on stderr (rank 0), removed when done; a string names it (default "eval").
 
     ``distributed``: each rank takes every world_size-th sample and the confusion matrices are summed
     (all ranks get the full report). ``save_predictions``: a folder for prediction PNGs (Cityscapes:
@@ -156,7 +157,8 @@ def evaluate(model, dataset, device="cpu", flip: bool = False, scales=(1.0,), ev
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(indices), desc="eval", file=sys.stderr, leave=False)
+        bar = tqdm(total=len(indices), desc=progress if isinstance(progress, str) else "eval", file=sys.stderr,
+                   leave=False, dynamic_ncols=True)
     try:
         with torch.inference_mode():
             for idx, images, labels in _batches(dataset, indices, max(1, int(batch_size)), num_workers, on_bad):

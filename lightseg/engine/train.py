@@ -54,6 +54,14 @@ from .rundir import LOCK_NAME, RUN_FILES, claim_run_dir, read_run_log, resume_di
 MAX_BAD_SHARE = 0.1
 
 
+def _say(message: str) -> None:
+    """A line on stderr while the progress bar runs: tqdm.write clears the bar, prints the line, redraws the
+    bar below it (a plain print would land on the bar's line, after its last carriage return)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 class NonFiniteLossError(LightsegError):
     """The loss or the weights became NaN or infinite: the run stops without writing a checkpoint."""
 
@@ -689,13 +697,14 @@ class Trainer:
                    "files": [str(f) for f in self.val_set.files[index]], "reason": str(error)}
             if self.dist.is_main:
                 self._append(self.bad_path, [rec])
-                print(f"lightseg train: skipped bad validation sample {index}, see {self.bad_path}", file=sys.stderr)
+                _say(f"lightseg train: skipped bad validation sample {index}, see {self.bad_path}")
 
         self.model.eval()
         try:
+            # its own bar under the training bar, removed when done (evaluate shows it on rank 0 only)
             report = evaluate(self.model, self.val_set, self.device, flip=e["flip"], scales=e["scales"],
                               eval_size=self.cfg["data"]["eval_size"], batch_size=e["batch_size"],
-                              distributed=self.dist.distributed, progress=False, on_bad=on_bad)
+                              distributed=self.dist.distributed, progress="val", on_bad=on_bad)
         finally:
             self.model.train()
         return report
@@ -726,7 +735,7 @@ class Trainer:
             everyone = [b for part in du.all_gather_objects([b.record() for b in bad], self.dist) for b in part]
             if everyone and self.dist.is_main:
                 self._append(self.bad_path, [{"iter": self.iteration + 1, **rec} for rec in everyone])
-                print(f"lightseg train: skipped {len(everyone)} bad sample(s), see {self.bad_path}", file=sys.stderr)
+                _say(f"lightseg train: skipped {len(everyone)} bad sample(s), see {self.bad_path}")
             self._bad_train.update(rec["index"] for rec in everyone)
             n = len(self.train_set)
             if len(self._bad_train) > self.max_bad * n:
@@ -928,7 +937,7 @@ class Trainer:
             self.tb.val(self.iteration, report, validation_overlays(self.model, self.val_set, self.device,
                                                                      getattr(self.val_set, "palette", None) or self._palette()))
         if self.dist.is_main:
-            print(f"lightseg train: iteration {self.iteration}: val mIoU {miou:.4f} (best {self.best_miou:.4f})", file=sys.stderr)
+            _say(f"lightseg train: iteration {self.iteration}: val mIoU {miou:.4f} (best {self.best_miou:.4f})")
 
     def _palette(self):
         from ..viz import palette_for
