@@ -93,9 +93,15 @@ def models_table(size=None, num_classes: int = 19, cache: bool | None = None) ->
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
             rows = None  # a damaged cache file is recomputed and replaced
+
     if rows is None:
         rows = _compute_rows(size, num_classes)
-        if path is not None:
+        from .models.registry import model_info
+
+        # Only lightseg's own models are cached: one registered at run time (a user's, a test's) is not in
+        # every process, and the cache is read without importing the registry.
+        own = all(model_info(r["name"]).builder.__module__.startswith("lightseg.") for r in rows)
+        if path is not None and own:
             try:
                 from .checkpoint import atomic_write_bytes
 

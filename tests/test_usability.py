@@ -153,6 +153,10 @@ def test_tensorboard_missing_says_how_to_install(tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------ lightseg models
 def test_models_table_is_cached_by_source_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from lightseg.models import registry  # lightseg's own models only: others (a test's) are never cached
+
+    monkeypatch.setattr(registry, "_REGISTRY", {k: v for k, v in registry._REGISTRY.items()
+                                                if v.builder.__module__.startswith("lightseg.")})
     calls = []
     real = zoo._compute_rows
     monkeypatch.setattr(zoo, "_compute_rows", lambda *a: calls.append(a) or real(*a))
