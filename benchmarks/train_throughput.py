@@ -39,6 +39,7 @@ from _common import conditions, save  # noqa: E402
 
 SHIPPED = ("mininet_211k", "rdsnet", "mininet_95k")
 IGNORE = 255
+CAMVID_SIZE = (360, 480)  # SegNet's CamVid release, the shipped recipes' data
 
 
 def plain_loss(outputs, labels, aux_weights, aux_mode):
@@ -95,11 +96,12 @@ class Step:
         loss = self.loss(self.model(images), labels)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def batch(cfg: dict, num_classes: int):
-    h, w = cfg["data"]["train_transforms"]["crop"] or cfg["data"]["train_transforms"]["resize"]
+    tt = cfg["data"]["train_transforms"]
+    h, w = tt["crop"] or tt["resize"] or CAMVID_SIZE  # no crop, no resize: the images' own size
     n = cfg["train"]["batch_size"]
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, 3, h, w, generator=g), torch.randint(0, num_classes, (n, h, w), generator=g)
@@ -116,8 +118,11 @@ def time_models(models, variants, rounds, steps, threads):
         for s in steppers.values():  # warm-up: oneDNN primitives, allocator
             s(images, labels)
         times = {v: [] for v in variants}
-        for _ in range(rounds):
-            for v, s in steppers.items():
+        order = list(variants)
+        for r in range(rounds):
+            # each round starts with a different variant: a fixed order would favour whichever runs first
+            for v in order[r % len(order):] + order[:r % len(order)]:
+                s = steppers[v]
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     s(images, labels)

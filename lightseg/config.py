@@ -58,6 +58,9 @@ DEFAULTS: dict = {
             "betas": [0.9, 0.999],
             "nesterov": False,
             "backbone_lr_mult": 1.0,
+            "backbone_weight_decay_mult": 1.0,
+            "backbone_params": "all",
+            "weight_decay_on": "all",
         },
         "scheduler": {
             "name": "poly",
@@ -81,6 +84,9 @@ DEFAULTS: dict = {
         },
         "amp": None,
         "channels_last": "auto",
+        # BatchNorm's running-average momentum, torch's convention (new = (1 - m) old + m batch); null keeps
+        # each layer's own (torch's 0.1). TF's decay d is m = 1 - d (DeepLab's 0.9997 is 0.0003).
+        "bn_momentum": None,
         "seed": 0,
         "deterministic": True,
         "val_interval": 1000,   # 0: no validation (no best.pt)
@@ -164,6 +170,9 @@ SCHEMA: dict[str, Rule] = {
     "train.optimizer.betas": _list(lambda b: _is_num(b) and 0 <= b < 1, "[beta1, beta2] with 0 <= beta < 1", length=2),
     "train.optimizer.nesterov": _bool(),
     "train.optimizer.backbone_lr_mult": _num(0),
+    "train.optimizer.backbone_weight_decay_mult": _num(0),
+    "train.optimizer.backbone_params": _choice("all", "stage_convs"),
+    "train.optimizer.weight_decay_on": _choice("all", "conv_weights"),
     "train.scheduler.name": _choice("poly", "cosine", "constant", "plateau"),
     "train.scheduler.power": _num(0),
     "train.scheduler.min_lr": _num(0),
@@ -183,6 +192,7 @@ SCHEMA: dict[str, Rule] = {
     "train.loss.lovasz_weight": _num(0),
     "train.amp": _choice(None, "bf16", "fp16"),
     "train.channels_last": _choice("auto", True, False),
+    "train.bn_momentum": _num(0, 1, lo_open=True, null=True),
     "train.seed": _int(),
     "train.deterministic": _bool(),
     "train.val_interval": _int(0),

@@ -240,6 +240,81 @@ def test_backbone_lr_mult_groups():
     assert opt.defaults["nesterov"] is True
 
 
+def test_atonet_recipe_trains_only_the_stage_convs_at_a_tenth_as_the_authors_code_does():
+    from lightseg.config import load_config
+    from lightseg.models import create_model
+
+    cfg = load_config("atonet_r18_camvid")
+    model = create_model("atonet_r18", num_classes=11)
+    opt = build_optimizer(model, cfg["train"]["optimizer"])
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    # the authors' rule, written out: 'layer' in k and ('conv' in k or 'downsample.0' in k), lr/10 and wd/10
+    for name, p in model.named_parameters():
+        k = name.removeprefix("backbone.")
+        slow = name.startswith("backbone.") and "layer" in k and ("conv" in k or "downsample.0" in k)
+        g = by_id[id(p)]
+        assert g["lr"] == pytest.approx(0.02 * (0.1 if slow else 1.0)), name
+        assert g["weight_decay"] == pytest.approx(1e-4 * (0.1 if slow else 1.0)), name
+    assert by_id[id(model.backbone.conv1.weight)]["name"] == "head"  # the stem keeps the full rate
+    assert by_id[id(model.backbone.layer1[0].bn1.weight)]["name"] == "head"
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_shufflenet_recipe_decays_only_dense_conv_weights_as_tf_slim_does():
+    from lightseg.config import load_config
+    from lightseg.models import create_model
+
+    cfg = load_config("shufflenetv2_dpc_cityscapes")
+    model = create_model("shufflenetv2_dpc", num_classes=19)
+    opt = build_optimizer(model, cfg["train"]["optimizer"])
+    by_id = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    seen = {"dense": 0, "depthwise": 0, "bn": 0}
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            assert by_id[id(m.weight)] == (0.0 if depthwise else pytest.approx(4e-5))
+            seen["depthwise" if depthwise else "dense"] += 1
+            if m.bias is not None:
+                assert by_id[id(m.bias)] == 0.0
+        elif isinstance(m, nn.BatchNorm2d):
+            assert by_id[id(m.weight)] == 0.0 and by_id[id(m.bias)] == 0.0
+            seen["bn"] += 1
+    assert all(seen.values()), seen
+    assert cfg["train"]["bn_momentum"] == pytest.approx(1 - 0.9997)
+
+
+def test_default_optimizer_groups_are_head_then_backbone_so_older_checkpoints_resume():
+    from lightseg.models import create_model
+
+    model = create_model("atonet_r18", num_classes=5)
+    opt = build_optimizer(model, {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                                  "betas": [0.9, 0.999], "backbone_lr_mult": 0.1})
+    assert [g["name"] for g in opt.param_groups] == ["head", "backbone"]
+    body = {id(p) for p in model.backbone.parameters()}
+    assert [id(p) for p in opt.param_groups[1]["params"]] == [id(p) for p in model.parameters() if id(p) in body]
+    assert all(g["weight_decay"] == 1e-4 for g in opt.param_groups)
+
+
+def test_bn_momentum_sets_every_running_average_and_bad_values_exit_2(tmp_path, capsys):
+    from lightseg.cli import main
+
+    assert main(["train", "mininet_95k_synthetic", "--set", "train.bn_momentum=1.5", "--set", f"output_dir={tmp_path / 'r'}"]) == 2
+    assert "train.bn_momentum" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    data = make_camvid_like(tmp_path / "data", n_train=2, n_val=1)
+    means = {}
+    for m in ("0.5", "0.25"):
+        (tmp_path / f"m{m}").mkdir()
+        recipe = tiny_recipe(tmp_path / f"m{m}", data, iters=1)
+        out = tmp_path / f"m{m}" / "run"
+        assert main(["train", str(recipe), "--no-val", "--set", f"train.bn_momentum={m}"]) == 0
+        state = load_checkpoint(out / "last.pt")["model"]
+        means[m] = {k: v for k, v in state.items() if k.endswith("running_mean")}
+    # one update from a zero running mean: m x the batch mean, and the batch is the same in both runs
+    assert len(means["0.5"]) > 10
+    for k, v in means["0.5"].items():
+        torch.testing.assert_close(v, 2 * means["0.25"][k], rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------- sampler and RNG state
 def test_sampler_shards_the_global_stream():
     single = InfiniteBatchSampler(10, batch_size=4, seed=3)

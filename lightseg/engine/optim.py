@@ -35,27 +35,78 @@ SCHEDULES = ("poly", "cosine", "constant", "plateau")
 WARMUP_MODES = ("linear", "constant")
 
 
-def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0) -> list[dict]:
-    """Two groups: the parameters of ``model.backbone`` (lr x backbone_lr_mult) and the rest.
+BACKBONE_PARAMS = ("all", "stage_convs")
+WEIGHT_DECAY_ON = ("all", "conv_weights")
 
+
+def _is_stage_conv(name: str) -> bool:
+    """A conv weight inside a ResNet-style stage (``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``):
+    the parameters the ATONet authors train at lr/10 (``'layer' in k and ('conv' in k or 'downsample.0' in k)``)."""
+    return name.startswith("layer") and ("conv" in name or "downsample.0" in name)
+
+
+def _decays(module: nn.Module, pname: str, weight_decay_on: str) -> bool:
+    """Whether a parameter gets weight decay. ``conv_weights``: the weights of dense convolutions and linear
+    layers only, as TF-slim's ``weights_regularizer`` on ``slim.conv2d`` (no BN, no biases, no depthwise)."""
+    if weight_decay_on == "all":
+        return True
+    if pname != "weight":
+        return False
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and not (module.groups > 1 and module.groups == module.in_channels)
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0,
+                 backbone_weight_decay_mult: float = 1.0, backbone_params: str = "all",
+                 weight_decay_on: str = "all") -> list[dict]:
+    """Parameter groups: the head, then the backbone (lr x ``backbone_lr_mult``, weight decay x
+    ``backbone_weight_decay_mult``), each split off into a no-decay group where ``weight_decay_on`` exempts
+    some parameters (groups that would be empty are left out).
+
+    ``backbone_params``: ``all`` of ``model.backbone`` takes the backbone rate; ``stage_convs`` only its
+    stages' conv weights (the ATONet authors' rule; the stem and every BN keep the head's rate).
     ATONet trains its ImageNet backbone at a tenth of the decoder's rate (backbone_lr_mult 0.1).
-    The head group comes first, so ``optimizer.param_groups[0]['lr']`` is the rate that is logged.
+    The head group comes first, so ``optimizer.param_groups[0]['lr']`` is the rate that is logged. With the
+    defaults the groups are exactly ``head`` and ``backbone``, so older checkpoints resume.
     """
+    if backbone_params not in BACKBONE_PARAMS:
+        raise ConfigError(f"train.optimizer.backbone_params must be one of {', '.join(BACKBONE_PARAMS)}, got {backbone_params!r}")
+    if weight_decay_on not in WEIGHT_DECAY_ON:
+        raise ConfigError(f"train.optimizer.weight_decay_on must be one of {', '.join(WEIGHT_DECAY_ON)}, got {weight_decay_on!r}")
     backbone = getattr(model, "backbone", None)
-    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
-    head = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
-    body = [p for p in model.parameters() if p.requires_grad and id(p) in backbone_ids]
-    groups = [{"params": head, "lr": lr, "lr_mult": 1.0, "name": "head"}]
-    if body:
-        groups.append({"params": body, "lr": lr * backbone_lr_mult, "lr_mult": float(backbone_lr_mult), "name": "backbone"})
-    return [g for g in groups if g["params"]]
+    in_backbone = {}
+    if isinstance(backbone, nn.Module):
+        for name, p in backbone.named_parameters():
+            in_backbone[id(p)] = backbone_params == "all" or _is_stage_conv(name)
+    buckets: dict[tuple[bool, bool], list] = {}
+    seen = set()  # a shared parameter goes in one group (model.parameters() order, as torch lists them)
+    for _, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                key = (in_backbone.get(id(p), False), _decays(module, pname, weight_decay_on))
+                buckets.setdefault(key, []).append(p)
+    groups = []
+    for body in (False, True):
+        lr_mult = float(backbone_lr_mult) if body else 1.0
+        wd = weight_decay * (float(backbone_weight_decay_mult) if body else 1.0)
+        for decay in (True, False):
+            params = buckets.get((body, decay))
+            if params:
+                name = ("backbone" if body else "head") + ("" if decay else "_no_decay")
+                groups.append({"params": params, "lr": lr * lr_mult, "lr_mult": lr_mult,
+                               "weight_decay": wd if decay else 0.0, "name": name})
+    return groups
 
 
 def build_optimizer(model: nn.Module, opt_cfg: dict) -> torch.optim.Optimizer:
     name = opt_cfg["name"]
     lr = float(opt_cfg["lr"])
-    groups = param_groups(model, lr, float(opt_cfg.get("backbone_lr_mult", 1.0)))
     wd = float(opt_cfg.get("weight_decay", 0.0))
+    groups = param_groups(model, lr, float(opt_cfg.get("backbone_lr_mult", 1.0)), wd,
+                          float(opt_cfg.get("backbone_weight_decay_mult", 1.0)),
+                          opt_cfg.get("backbone_params", "all"), opt_cfg.get("weight_decay_on", "all"))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(opt_cfg["momentum"]), weight_decay=wd,
                                nesterov=bool(opt_cfg.get("nesterov", False)))
