@@ -194,3 +194,20 @@ def test_eval_with_shipped_weights(shipped, tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "weights_camvid" / "metrics.json").read_text()) == report
     assert main(argv[:4] + ["--checkpoint", "x.pt"] + argv[4:]) == 2  # one or the other
     assert "--checkpoint CKPT" in capsys.readouterr().err
+
+
+def test_shipping_records_epochs_done_of_planned_and_whether_val_was_held_out():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ship_weights", Path(__file__).parents[1] / "tools" / "ship_weights.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    cfg = {"data": {"train_split": ["train", "val"], "val_split": "val"},
+           "train": {"iters": None, "epochs": 300, "batch_size": 8}}
+    # 468 CamVid train + val images at batch 8: 58 iterations an epoch (the trainer's len // batch)
+    rec = ship.progress({"iteration": 1624, "train_samples": 468}, cfg)
+    assert rec == {"val_held_out": False, "train_samples": 468, "iterations_planned": 17400,
+                   "epochs_done": 28.0, "epochs_planned": 300.0}
+    cfg["data"]["train_split"] = "train"
+    assert ship.progress({"iteration": 1350, "train_samples": 367}, cfg)["val_held_out"] is True

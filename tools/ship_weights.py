@@ -34,6 +34,23 @@ def _write_manifest(records: list[dict]) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def progress(ckpt: dict, cfg: dict) -> dict:
+    """How far the run got, in the trainer's terms: an epoch is one pass over the training samples at the
+    batch size (``len(train) // batch`` iterations); and whether the val split was held out of training."""
+    t = cfg["train"]
+    splits = cfg["data"].get("train_split", "train")
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    val = cfg["data"].get("val_split", "val")
+    out = {"val_held_out": val not in splits}
+    n = ckpt.get("train_samples")
+    if n:
+        per_epoch = max(1, int(n) // int(t["batch_size"]))
+        planned = int(t["iters"]) if t.get("iters") else int(t["epochs"]) * per_epoch
+        out.update(train_samples=int(n), iterations_planned=planned,
+                   epochs_done=round(int(ckpt["iteration"]) / per_epoch, 1), epochs_planned=round(planned / per_epoch, 1))
+    return out
+
+
 def ship(ckpt_path: Path, name: str, recipe: str, data_root: str, commit: str, commands: list[str],
          notes: str = "") -> dict:
     ckpt = load_checkpoint(ckpt_path)
@@ -47,7 +64,7 @@ def ship(ckpt_path: Path, name: str, recipe: str, data_root: str, commit: str, c
         classes=list(ckpt["classes"]), palette=[list(c) for c in ckpt["palette"]],
         normalize=cfg["data"].get("normalize", "imagenet"), model_kwargs=dict(cfg["model"].get("kwargs") or {}),
         train_splits=cfg["data"].get("train_split", "train"), command=commands,
-        iterations=int(ckpt["iteration"]), commit=commit, val_miou=None, notes=notes)
+        iterations=int(ckpt["iteration"]), commit=commit, val_miou=None, notes=notes, **progress(ckpt, cfg))
     records = [r for r in registry.list_weights() if not (r["model"] == model and r["weights"] == name)]
     _write_manifest(records + [record])
 
@@ -59,6 +76,7 @@ def ship(ckpt_path: Path, name: str, recipe: str, data_root: str, commit: str, c
         raise SystemExit(f"lightseg eval failed:\n{run.stderr}")
     report = json.loads(run.stdout)
     record["val_miou"] = round(float(report["miou"]), 4)
+    record["val_miou_label"] = "val (held out)" if record["val_held_out"] else "val (trained on)"
     record["val_pixel_acc"] = round(float(report["pixel_acc"]), 4)
     record["eval_command"] = " ".join(eval_cmd[:6]) + f" --set data.root={data_root}"
     _write_manifest(records + [record])
