@@ -135,3 +135,41 @@ def test_a_train_plus_val_run_stopped_by_sigterm_resumes_exactly(tmp_path):
     proc.communicate(timeout=120)
     assert load_checkpoint(run_dir / "last.pt")["iteration"] < ITERS
     _resume_and_compare(recipe, run_dir, whole)
+
+
+def test_a_landed_run_without_adam_moments_resumes_from_the_cli_on_its_schedule(tmp_path, reference, capsys):
+    """tools/land_run.py keeps weights, schedule, sampler and RNG but drops Adam's moments: `lightseg train
+    --resume` of the landed copy continues at the saved iteration to the planned end with the uninterrupted
+    run's rates, says it is not bitwise, and its weights differ from the uninterrupted run's (the moments
+    restarted)."""
+    import importlib.util
+
+    from lightseg.cli import main
+
+    spec = importlib.util.spec_from_file_location("land_run", ROOT / "tools" / "land_run.py")
+    land_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(land_run)
+    data, whole = reference
+    recipe = tiny_recipe(tmp_path, data, iters=ITERS)
+    run_dir = tmp_path / "run"
+    proc = _start(recipe)
+    _wait_for_iter(run_dir, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    full = load_checkpoint(run_dir / "last.pt")
+    assert 0 < full["iteration"] < ITERS
+    landed = land_run.land(run_dir, tmp_path / "landed")
+    small = load_checkpoint(landed / "last.pt")
+    assert small["optimizer"]["state"] == {} and full["optimizer"]["state"]
+    assert small["iteration"] == full["iteration"]
+    assert all(torch.equal(small["model"][k], full["model"][k]) for k in full["model"])
+    assert (landed / "last.pt").stat().st_size < (run_dir / "last.pt").stat().st_size
+    with pytest.raises(SystemExit, match="run folder itself"):
+        land_run.land(run_dir, tmp_path)
+    assert main(["train", "--resume", str(landed)]) == 0
+    assert "not bitwise" in capsys.readouterr().err
+    end = load_checkpoint(landed / "last.pt")
+    assert end["iteration"] == ITERS
+    assert [g["lr"] for g in end["optimizer"]["param_groups"]] == [g["lr"] for g in whole["optimizer"]["param_groups"]]
+    assert any(not torch.equal(whole["model"][k], end["model"][k]) for k in whole["model"]
+               if whole["model"][k].is_floating_point())

@@ -531,6 +531,11 @@ class Trainer:
         elif ckpt.get("data_fingerprint") not in (None, self.data_fingerprint):
             self._data_changed(ckpt)
         self._resume_threads(ckpt.get("num_threads"))
+        if ckpt.get("optimizer_moments_dropped") and self.dist.is_main:
+            print(f"lightseg train: warning: {self.resume_ckpt} was saved without the optimiser's moments (a landed copy, kept "
+                  f"small); the run continues at iteration {self.iteration} on its schedule, but "
+                  f"{self.cfg['train']['optimizer']['name']} restarts its moments there, so it is not bitwise the "
+                  f"uninterrupted run", file=sys.stderr)
 
     def _data_changed(self, ckpt: dict) -> None:
         """Same sample count, other content (a file replaced or edited in place: another size or modification
