@@ -4,7 +4,8 @@ Both fill the same :class:`lightseg.metrics.ConfusionMatrix`. ``evaluate`` runs 
 built with ``train=False`` (no resizing), optionally with flip and multi-scale testing (softmax
 probabilities averaged), or with ``eval_size``: the input is resized to that size and the logits
 upsampled back to the label size (MiniNet trains at 512x1024 and reports 1024x2048 results).
-``score_command`` scores PNG files; on Cityscapes it reproduces the official
+``score_command`` scores PNG files (``lightseg predict``'s ``*_label.png`` or PNGs named like the labels,
+paired by :func:`pair_predictions`); on Cityscapes it reproduces the official
 ``cityscapesscripts`` pixel-level evaluation (class and category IoU).
 """
 from __future__ import annotations
