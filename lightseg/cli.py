@@ -134,7 +134,7 @@ def cmd_eval(args):
 def cmd_score(args):
     from .engine.evaluate import score_command
 
-    score_command(args.pred_dir, args.gt_dir, dataset=args.dataset, as_json=args.json)
+    score_command(args.pred_dir, args.gt_dir, dataset=args.dataset, as_json=args.json, subset=args.subset)
 
 
 def cmd_bench(args):
@@ -283,10 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("score", help="score saved prediction PNGs against ground truth")
-    s.add_argument("--pred-dir", required=True, metavar="DIR", help="the folder of prediction PNGs")
+    s.add_argument("--pred-dir", required=True, metavar="DIR",
+                   help="the prediction PNGs: lightseg predict's --output (<stem>_label.png) or PNGs named like the labels")
     s.add_argument("--gt-dir", required=True, metavar="DIR",
                    help="ground truth: the Cityscapes root (or a gtFine/<split> folder), or CamVid's label folder")
     s.add_argument("--dataset", required=True, choices=["cityscapes", "camvid"], help="which label convention to score")
+    s.add_argument("--subset", action="store_true",
+                   help="score only the label files that have a prediction (default: every label file needs one)")
     s.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
     s.set_defaults(func=cmd_score)
 

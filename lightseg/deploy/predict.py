@@ -40,7 +40,9 @@ from ..outputs import (check_output_dir, check_outputs_apart, create_temp, publi
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OVERLAY_ALPHA = 0.5
 MAX_DECLARED_FRAMES = 10 ** 8  # over a year at 30 frames/s: a container declaring more is lying
-OUTPUT_NAMES = ("*_label.png", "*_color.png", "*_overlay.png", "*_overlay.mp4")  # what predict writes
+# What predict writes per image: <stem>_label.png (class ids, what lightseg score reads) and two pictures.
+LABEL_SUFFIX, PICTURE_SUFFIXES = "_label", ("_color", "_overlay")
+OUTPUT_NAMES = (f"*{LABEL_SUFFIX}.png", *(f"*{s}.png" for s in PICTURE_SUFFIXES), "*_overlay.mp4")
 QUEUE_SIZE = 4  # frames in flight between two stages: enough to absorb jitter, little memory
 WINDOW_NAME = "lightseg"
 # Camera indices lightseg passes to OpenCV: V4L2 numbers /dev/video0..63, others count from 0 too; a larger
@@ -380,9 +382,10 @@ def _predict_images(segmenter, files, out_dir, batch_size, rate):
     with _progress(len(files), "image") as bar:
         def consume(f, rgb, label):
             stem = stems[f]
-            for suffix, arr in (("label", label), ("color", colorize(label, segmenter.palette)),
-                                ("overlay", segmenter.overlay(rgb, label, OVERLAY_ALPHA))):
-                written.append(str(save_png(out_dir / f"{stem}_{suffix}.png", arr)))
+            color, overlay = PICTURE_SUFFIXES
+            for suffix, arr in ((LABEL_SUFFIX, label), (color, colorize(label, segmenter.palette)),
+                                (overlay, segmenter.overlay(rgb, label, OVERLAY_ALPHA))):
+                written.append(str(save_png(out_dir / f"{stem}{suffix}.png", arr)))
             last["rgb"] = rgb
             rate.tick()
             bar.update(1)

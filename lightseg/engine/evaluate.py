@@ -4,7 +4,8 @@ Both fill the same :class:`lightseg.metrics.ConfusionMatrix`. ``evaluate`` runs 
 built with ``train=False`` (no resizing), optionally with flip and multi-scale testing (softmax
 probabilities averaged), or with ``eval_size``: the input is resized to that size and the logits
 upsampled back to the label size (MiniNet trains at 512x1024 and reports 1024x2048 results).
-``score_command`` scores PNG files; on Cityscapes it reproduces the official
+``score_command`` scores PNG files (``lightseg predict``'s ``*_label.png`` or PNGs named like the labels,
+paired by :func:`pair_predictions`); on Cityscapes it reproduces the official
 ``cityscapesscripts`` pixel-level evaluation (class and category IoU).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -366,49 +368,80 @@ def _read_png(path) -> np.ndarray:
     return read_label(path)
 
 
-def _list_missing(missing, where) -> str:
-    shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
-    return f"no prediction for {shown} in {where}"
+def _first_few(names, limit: int = 5) -> str:
+    return ", ".join(map(str, names[:limit])) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _cityscapes_pairs(pred_dir: Path, gt_dir: Path):
-    # gt_dir is the Cityscapes root (then gtFine/val is scored, like the official script) or a gtFine/<split> folder.
-    search = gt_dir / "gtFine" / "val" if (gt_dir / "gtFine").is_dir() else gt_dir
-    gt_files = sorted(search.rglob("*_gtFine_labelIds.png"))
-    if not gt_files:
-        raise DataError(f"no *_gtFine_labelIds.png under {search}; pass --gt-dir the Cityscapes root "
-                        "(containing gtFine/val) or a gtFine/<split> folder")
-    # Official rule: a prediction belongs to <city>_<seq>_<frame>*.png, searched recursively.
-    preds: dict[str, list[Path]] = {}
+class _Naming(NamedTuple):
+    """How one dataset's labels and predictions are named: ``label_key(label)`` and ``pred_key(prediction,
+    label keys)`` give the key that pairs them, ``expected(label)`` the prediction name a message shows,
+    ``rule`` the rule in words."""
+
+    label_key: Callable
+    pred_key: Callable
+    expected: Callable
+    rule: str
+
+
+def _cityscapes_key(path: Path) -> str:
+    # The official script's rule: a prediction belongs to <city>_<seq>_<frame>*.png, searched recursively.
+    return "_".join(path.name.split("_")[:3])
+
+
+def _camvid_pred_key(path: Path, keys) -> str:
+    from ..deploy.predict import LABEL_SUFFIX
+
+    stem = path.stem
+    if stem not in keys and stem.endswith(LABEL_SUFFIX) and stem[: -len(LABEL_SUFFIX)] in keys:
+        return stem[: -len(LABEL_SUFFIX)]
+    return stem
+
+
+CITYSCAPES_NAMING = _Naming(_cityscapes_key, lambda p, keys: _cityscapes_key(p), lambda g: f"{_cityscapes_key(g)}*.png",
+                            "a label <city>_<seq>_<frame>_gtFine_labelIds.png pairs with the prediction "
+                            "<city>_<seq>_<frame>*.png")
+CAMVID_NAMING = _Naming(lambda g: g.stem, _camvid_pred_key, lambda g: g.name,
+                        "a label <stem>.png pairs with the prediction <stem>.png or <stem>_label.png, "
+                        "what lightseg predict writes")
+
+
+def pair_predictions(pred_dir, gt_files, naming: _Naming, subset: bool = False):
+    """Pair the label files ``gt_files`` with the prediction PNGs under ``pred_dir`` (searched recursively).
+
+    ``lightseg predict``'s pictures (``*_color.png``, ``*_overlay.png``) are not labels and are left out.
+    Refused, naming the files: two labels or two predictions of one key (one would be scored twice, or
+    never); a label without a prediction, unless ``subset`` (then only the labels that have one are
+    scored). Returns ``(pairs, unmatched)``: ``[(prediction, label)]`` in label order, and the predictions
+    that pair with no label (reported by the caller, not scored)."""
+    from ..deploy.predict import PICTURE_SUFFIXES
+
+    pred_dir = Path(pred_dir)
+    labels = _unique_by(gt_files, naming.label_key, "labels", "--gt-dir")
+    found: dict[str, list[Path]] = {}
+    unmatched = []
     for p in sorted(pred_dir.rglob("*.png")):
-        preds.setdefault("_".join(p.name.split("_")[:3]), []).append(p)
-    pairs, missing = [], []
-    _unique_by(gt_files, lambda g: "_".join(g.name.split("_")[:3]), "labels", "--gt-dir")
-    for g in gt_files:
-        key = "_".join(g.name.split("_")[:3])
-        found = preds.get(key, [])
-        if not found:
-            missing.append(f"{key}*.png")
-        elif len(found) > 1:
-            raise DataError(f"several predictions match {key}*.png: {', '.join(str(f) for f in found[:3])}; "
-                            "keep one PNG per image in --pred-dir")
+        if p.stem.endswith(PICTURE_SUFFIXES):
+            continue
+        key = naming.pred_key(p, labels)
+        if key in labels:
+            found.setdefault(key, []).append(p)
         else:
-            pairs.append((found[0], g))
-    if missing:
-        raise LightsegError(_list_missing(missing, pred_dir) + f" (expected one prediction per ground truth under {search})")
-    return pairs
-
-
-def _camvid_pairs(pred_dir: Path, gt_dir: Path):
-    gt_files = sorted(gt_dir.rglob("*.png"))
-    if not gt_files:
-        raise DataError(f"no label PNGs under {gt_dir}; pass --gt-dir the CamVid label folder (e.g. testannot)")
-    preds = _unique_by(sorted(pred_dir.rglob("*.png")), lambda p: p.stem, "predictions", "--pred-dir")
-    _unique_by(gt_files, lambda g: g.stem, "labels", "--gt-dir")
-    missing = [g.name for g in gt_files if g.stem not in preds]
-    if missing:
-        raise LightsegError(_list_missing(missing, pred_dir) + " (predictions are matched to labels by file name)")
-    return [(preds[g.stem], g) for g in gt_files]
+            unmatched.append(p)
+    for key, preds in found.items():
+        if len(preds) > 1:
+            more = f" (and {len(preds) - 2} more)" if len(preds) > 2 else ""
+            raise DataError(f"--pred-dir: predictions {preds[0]} and {preds[1]}{more} both pair with the label "
+                            f"{labels[key]} ({naming.rule}); keep one of them")
+    pairs = [(found[k][0], g) for k, g in labels.items() if k in found]
+    missing = [naming.expected(g) for k, g in labels.items() if k not in found]
+    if missing and not (subset and pairs):
+        if pairs and not subset:
+            hint = f"; pass --subset to score only the {len(pairs)} that have one"
+        else:
+            hint = f"; {len(unmatched)} PNGs in --pred-dir pair with no label: check the folders"
+        raise LightsegError(f"no prediction for {_first_few(missing)} in {pred_dir}: {len(missing)} of {len(labels)} "
+                            f"label files have none ({naming.rule}){hint}")
+    return pairs, unmatched
 
 
 def _unique_by(files, key, what, where) -> dict:
@@ -424,38 +457,98 @@ def _unique_by(files, key, what, where) -> dict:
     return out
 
 
-def score_predictions(pred_dir, gt_dir, dataset: str) -> dict:
-    """Score prediction PNGs against ground-truth PNGs; returns the metrics report."""
+def _cityscapes_labels(gt_dir: Path) -> list:
+    # gt_dir is the Cityscapes root (then gtFine/val is scored, like the official script) or a gtFine/<split> folder.
+    search = gt_dir / "gtFine" / "val" if (gt_dir / "gtFine").is_dir() else gt_dir
+    gt_files = sorted(search.rglob("*_gtFine_labelIds.png"))
+    if not gt_files:
+        raise DataError(f"no *_gtFine_labelIds.png under {search}; pass --gt-dir the Cityscapes root "
+                        "(containing gtFine/val) or a gtFine/<split> folder")
+    return gt_files
+
+
+def _cityscapes_train_ids(pred: np.ndarray, path: Path, lut: np.ndarray):
+    """A Cityscapes prediction as trainIds, and whether the file held trainIds. ``lightseg predict`` writes
+    trainIds (``*_label.png``); ``eval --save-predictions`` and the test server's format hold labelIds
+    (named like the image). The name says which; values that contradict it are refused, never scored as
+    the other kind."""
+    from ..deploy.predict import LABEL_SUFFIX
+
+    n = len(CITYSCAPES_CLASSES)
+    top = int(pred.max()) if pred.size else 0
+    if path.stem.endswith(LABEL_SUFFIX):
+        if top >= n:
+            raise DataError(f"prediction {path} holds value {top}, which is no Cityscapes trainId (0..{n - 1}): a "
+                            f"*{LABEL_SUFFIX}.png is read as the trainIds lightseg predict writes; name a labelId PNG "
+                            "after its image (<city>_<seq>_<frame>_leftImg8bit.png, as lightseg eval --save-predictions "
+                            "writes it)")
+        return pred, True
+    # trainIds 0..18 read as labelIds: most of them (0..6, 9, 10, 14..16, 18) are void labelIds, which a
+    # model's labelId export never holds (it maps each trainId to its class's labelId).
+    if top < n and (lut[pred.astype(np.uint8)] == IGNORE_INDEX).any():
+        void = sorted({int(v) for v in np.unique(pred) if lut[v] == IGNORE_INDEX})
+        raise DataError(f"prediction {path} holds only values 0..{n - 1}, among them {', '.join(map(str, void[:5]))}, "
+                        "void labelIds no labelId export holds: it looks like trainIds (what lightseg predict writes), "
+                        f"and a file named like the image is read as labelIds; keep lightseg predict's name <image "
+                        f"stem>{LABEL_SUFFIX}.png (read as trainIds), or write labelIds with lightseg eval --save-predictions")
+    return lut[np.clip(pred, 0, 255).astype(np.uint8)], False
+
+
+def score_predictions(pred_dir, gt_dir, dataset: str, subset: bool = False) -> dict:
+    """Score prediction PNGs against ground-truth PNGs; returns the metrics report.
+
+    Predictions are ``lightseg predict``'s ``<stem>_label.png`` or PNGs named like the label (CamVid) or the
+    image (Cityscapes, labelIds as ``eval --save-predictions`` and the test server have them); see
+    :func:`pair_predictions`. ``subset``: score only the labels that have a prediction. The report adds
+    ``num_images`` (scored), ``num_labels`` (found), ``predictions_without_label`` (paths, not scored) and,
+    for Cityscapes, ``prediction_ids`` (``labelIds``, ``trainIds`` or both)."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for what, d in (("--pred-dir", pred_dir), ("--gt-dir", gt_dir)):
         if not d.is_dir():
             raise LightsegError(f"{what} {str(d)!r} is not a folder")
     if dataset == "cityscapes":
-        pairs = _cityscapes_pairs(pred_dir, gt_dir)
-        lut = cityscapes_label_lut()  # labelId -> trainId on both sides (void ids -> 255)
+        gt_files, naming = _cityscapes_labels(gt_dir), CITYSCAPES_NAMING
+        lut = cityscapes_label_lut()  # labelId -> trainId (void ids -> 255)
         classes, categories = CITYSCAPES_CLASSES, cityscapes_categories()
     elif dataset == "camvid":
-        pairs = _camvid_pairs(pred_dir, gt_dir)
+        gt_files, naming = sorted(gt_dir.rglob("*.png")), CAMVID_NAMING
+        if not gt_files:
+            raise DataError(f"no label PNGs under {gt_dir}; pass --gt-dir the CamVid label folder (e.g. testannot)")
         lut = None  # train ids already; ground-truth 11 (void) is outside 0..10 and so not counted
         classes, categories = CAMVID_CLASSES, None
     else:
         raise LightsegError(f"unknown dataset {dataset!r} for scoring; use cityscapes or camvid")
+    pairs, unmatched = pair_predictions(pred_dir, gt_files, naming, subset)
     cm = ConfusionMatrix(len(classes))
+    kinds = set()
     for pred_path, gt_path in pairs:
         pred, gt = _read_png(pred_path), _read_png(gt_path)
         if pred.shape != gt.shape:
-            raise DataError(f"prediction {pred_path} is {pred.shape[0]}x{pred.shape[1]} but ground truth {gt_path} is "
-                            f"{gt.shape[0]}x{gt.shape[1]} (HxW); predictions must be at full label resolution")
+            raise DataError(f"prediction {pred_path} is {'x'.join(map(str, pred.shape))} but ground truth {gt_path} is "
+                            f"{'x'.join(map(str, gt.shape))} (HxW); predictions must be single-channel class ids at "
+                            "full label resolution")
         if lut is not None:
-            pred, gt = lut[np.clip(pred, 0, 255).astype(np.uint8)], lut[np.clip(gt, 0, 255).astype(np.uint8)]
+            pred, train_ids = _cityscapes_train_ids(pred, pred_path, lut)
+            kinds.add("trainIds" if train_ids else "labelIds")
+            gt = lut[np.clip(gt, 0, 255).astype(np.uint8)]
         cm.update(pred, gt)
     report = cm.report(classes, categories)
-    report["num_images"] = len(pairs)
+    report.update(num_images=len(pairs), num_labels=len(gt_files),
+                  predictions_without_label=[p.relative_to(pred_dir).as_posix() for p in unmatched])
+    if lut is not None:
+        report["prediction_ids"] = " and ".join(sorted(kinds))
     return report
 
 
-def score_command(pred_dir, gt_dir, dataset: str, as_json: bool = False) -> dict:
-    """``lightseg score``: print the per-class table (or the JSON with ``--json``)."""
-    report = score_predictions(pred_dir, gt_dir, dataset)
+def score_command(pred_dir, gt_dir, dataset: str, as_json: bool = False, subset: bool = False) -> dict:
+    """``lightseg score``: print the per-class table (or the JSON with ``--json``), then how many label
+    files were scored and the predictions that pair with no label (on stderr with ``--json``)."""
+    report = score_predictions(pred_dir, gt_dir, dataset, subset=subset)
     print(_dump(report) if as_json else format_table(report))
+    notes = sys.stderr if as_json else sys.stdout
+    print(f"scored {report['num_images']} of {report['num_labels']} label files", file=notes)
+    extra = report["predictions_without_label"]
+    if extra:
+        print(f"note: {len(extra)} prediction(s) in {pred_dir} pair with no label under {gt_dir} and were not scored: "
+              f"{_first_few(extra)}", file=notes)
     return report
