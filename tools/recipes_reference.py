@@ -65,6 +65,9 @@ MEANING = {
     "train.optimizer.betas": "adam / adamw: the moment decay rates",
     "train.optimizer.nesterov": "sgd: Nesterov momentum",
     "train.optimizer.backbone_lr_mult": "the encoder's learning rate as a multiple of the base rate (ATONet: 0.1)",
+    "train.optimizer.backbone_weight_decay_mult": "the encoder's weight decay as a multiple of weight_decay (ATONet's code: 0.1)",
+    "train.optimizer.backbone_params": "which encoder parameters take the encoder's rates: all, or stage_convs (a ResNet's layer1-4 conv weights only, as ATONet's code)",
+    "train.optimizer.weight_decay_on": "all parameters, or conv_weights (dense conv and linear weights only: no BN, biases or depthwise, as TF-slim)",
     "train.scheduler.name": "`poly` (base x (1 - it / max_iters)^power), `cosine` (down to `min_lr`), `constant`, "
                             "or `plateau` (multiplied by `plateau_factor` when the monitored value stalls)",
     "train.scheduler.power": "poly: the exponent",
@@ -89,6 +92,7 @@ MEANING = {
     "train.loss.lovasz_weight": "ce+lovasz: the Lovász-softmax term's weight",
     "train.amp": "mixed precision on CUDA: `bf16` or `fp16` (null: float32; ignored on the CPU, with a warning)",
     "train.channels_last": "channels-last memory format (`auto`: on)",
+    "train.bn_momentum": "BatchNorm running-average momentum in torch's convention (TF decay d is 1 - d); null: torch's 0.1",
     "train.seed": "the seed of the sampler, the augmentation and the initialisation",
     "train.deterministic": "deterministic kernels, so that a resumed run gives bitwise the weights of an "
                            "uninterrupted one (on the CPU)",
