@@ -78,7 +78,7 @@ def ship(ckpt_path: Path, name: str, recipe: str, data_root: str, commit: str, c
     record["val_miou"] = round(float(report["miou"]), 4)
     record["val_miou_label"] = "val (held out)" if record["val_held_out"] else "val (trained on)"
     record["val_pixel_acc"] = round(float(report["pixel_acc"]), 4)
-    record["eval_command"] = " ".join(eval_cmd[:6]) + f" --set data.root={data_root}"
+    record["eval_command"] = " ".join(eval_cmd[:7]) + f" --set data.root={data_root}"
     _write_manifest(records + [record])
     return record
 
