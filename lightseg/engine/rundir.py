@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, LightsegError
-from ..outputs import check_output_dir, open_output, write_error
+from ..outputs import check_output_dir, open_output, refuse_links_in, write_error
 from ..runlog import read_log
 
 # What `lightseg train` writes in a run folder: a fresh run refuses a folder that holds any of them.
@@ -141,6 +141,9 @@ def claim_run_dir(run_dir, fresh: bool = True, next_free: bool = False):
     run_dir = Path(run_dir)
     for k in range(1, MAX_RUN_NUMBER + 1):
         candidate = _numbered(run_dir, k)
+        # A link at a name the run writes is refused, not taken for an earlier run's file and passed over:
+        # whether its target exists or not, the answer is the same (lightseg never writes links).
+        refuse_links_in(candidate, (*RUN_FILES, LOCK_NAME, *START_FILES))
         if next_free and (_earlier_run_files(candidate) or (k > 1 and candidate.exists() and not candidate.is_dir())):
             continue
         created = _first_missing(candidate)
