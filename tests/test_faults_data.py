@@ -231,6 +231,19 @@ def test_refused_file_kinds_are_found_by_the_pre_scan(folder, tmp_path, capsys, 
     assert tree(tmp_path) == before
 
 
+def test_predict_turns_an_exif_rotated_image_upright(folder, tmp_path, capsys):
+    """An image without a label is segmented as a viewer shows it: EXIF orientation 6 (rotate 90 degrees)
+    makes the 64x96 pixels stored a 96x64 picture, and the label map has the picture's size."""
+    _, ckpt, _ = folder
+    photo = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_rgb(2, 64, 96)).save(photo, "JPEG", exif=exif.tobytes())
+    code, err = cli(["predict", "--checkpoint", ckpt, "--input", photo, "--output", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "out" / "photo_label.png"), cv2.IMREAD_UNCHANGED).shape == (96, 64)
+
+
 # ---------------------------------------------------------------- 2: settings, checkpoint and manifest values
 def test_every_recipe_key_has_a_rule_that_its_default_passes():
     def leaves(t, prefix=""):

@@ -241,7 +241,8 @@ def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) ->
 def check_train_sizes(dataset: SegmentationDataset, transforms_cfg: dict) -> None:
     """Refuse, before training, a training split whose samples the train pipeline (``transforms_cfg``:
     ``data.train_transforms``) makes smaller than the models' ``MIN_SIZE``. When a crop or a resize fixes
-    the size, the recipe alone decides; otherwise each image's size is read from its header."""
+    the size, the recipe alone decides; otherwise each image's size is read from its header (an image that
+    cannot be read is left to the loader, which refuses it or, with ``--skip-bad``, leaves it out)."""
     from ..models.base import MIN_SIZE
 
     fix = (f"resize or crop the training inputs to at least {MIN_SIZE}x{MIN_SIZE}, e.g. "
@@ -256,7 +257,10 @@ def check_train_sizes(dataset: SegmentationDataset, transforms_cfg: dict) -> Non
                               f"{MIN_SIZE}x{MIN_SIZE}; {fix}")
         return
     for img_path, _ in dataset.files:
-        ih, iw = check_image(img_path).size
+        try:
+            ih, iw = check_image(img_path).size
+        except LightsegError:  # a bad sample: refused when loaded, or left out with --skip-bad
+            continue
         h, w = smallest_train_input(transforms_cfg, ih, iw)
         if min(h, w) < MIN_SIZE:
             scale = transforms_cfg.get("scale")
