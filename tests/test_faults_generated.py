@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -25,7 +25,7 @@ import lightseg.deploy.predict
 import lightseg.engine.train
 from lightseg.checkpoint import save_checkpoint
 from lightseg.cli import main
-from lightseg.config import MAX_RECIPE_BYTES, MAX_YAML_ALIASES, MAX_YAML_NODES, SCHEMA, parse_override
+from lightseg.config import DEFAULTS, MAX_RECIPE_BYTES, MAX_YAML_ALIASES, MAX_YAML_NODES, SCHEMA, parse_override
 from lightseg.errors import ConfigError, LightsegError
 from lightseg.models import create_model
 from lightseg.runlog import read_log
@@ -131,9 +131,12 @@ _YAML_TEXT = st.one_of(_SCALAR, _LIST, st.lists(_LIST, min_size=1, max_size=3).m
 
 
 @st.composite
-def key_and_text(draw):
-    """A recipe key and a YAML text for its value: anything at all, or a near miss of one of its choices."""
+def key_and_text(draw, defaults=True):
+    """A recipe key and a YAML text for its value: anything at all, a near miss of one of its choices, or
+    (``defaults``) its default written out, a value the rules accept."""
     key = draw(st.sampled_from(LEAVES))
+    if defaults and draw(st.integers(0, 5)) == 0:
+        return key, json.dumps(_lookup(DEFAULTS, key))
     choices = [c for c in SCHEMA[key].choices or () if isinstance(c, str)]
     if choices and draw(st.booleans()):
         c = draw(st.sampled_from(choices))
@@ -203,6 +206,7 @@ def test_config_prints_every_valid_value_and_refuses_the_rest_naming_the_key(wor
         return
     code, out, err = run(["config", world["recipe"], "--set", setting], capsys)
     words = _expected(key, value)
+    event("valid" if words is None else "refused")  # --hypothesis-show-statistics: both kinds are drawn
     if words is None:
         assert code == 0, err
         _check_config_output(out, key, value)
@@ -219,6 +223,7 @@ def test_config_reads_values_from_a_recipe_file_by_the_same_rules(world, capsys,
     path, value = _layer(world, key, text)
     code, out, err = run(["config", path], capsys)
     words = "not valid YAML" if isinstance(value, ConfigError) else _expected(key, value)
+    event("valid" if words is None else "refused")
     if words is None:
         assert code == 0, err
         _check_config_output(out, key, value)
@@ -249,7 +254,7 @@ def _invalid(kt) -> bool:
 
 
 @drawn(40)
-@given(kt=key_and_text().filter(_invalid))
+@given(kt=key_and_text(defaults=False).filter(_invalid))
 def test_train_refuses_bad_set_values_before_any_work(world, capsys, no_trainer, kt):
     key, text = kt
     before = _tree(world["tmp"])
@@ -260,14 +265,16 @@ def test_train_refuses_bad_set_values_before_any_work(world, capsys, no_trainer,
 
 
 @drawn(25)
-@given(kt=key_and_text())
+@given(kt=key_and_text(defaults=False))
 def test_train_refuses_bad_recipe_file_values_before_any_work(world, capsys, no_trainer, kt):
     key, text = kt
     path, value = _layer(world, key, text)
     words = "not valid YAML" if isinstance(value, ConfigError) else _expected(key, value)
     assume(words is not None)
     before = _tree(world["tmp"])
-    refused(["train", path, "--set", "train.iters=1"], capsys, path, words)
+    # the 1-iteration recipe below; a --set train.iters=1 would replace a drawn train.iters or train.epochs
+    one_iter = [] if key in ("train.iters", "train.epochs") else ["--set", "train.iters=1"]
+    refused(["train", path, *one_iter], capsys, path, words)
     unchanged(world["tmp"], before)
 
 
@@ -338,8 +345,9 @@ def _label_file(draw, path: Path, h: int, w: int) -> tuple[Path, str | None]:
 @st.composite
 def sample_fault(draw):
     """(which file, how it is written, damage): the drawn replacement of sample 1's image or label."""
-    return (draw(st.sampled_from(["images", "labels"])), draw(st.sampled_from([(64, 64), (64, 64), (72, 64), (64, 80)])),
-            draw(st.sampled_from(["none", "none", "none", "truncated", "empty"])), draw(st.data()))
+    return (draw(st.sampled_from(["images", "labels"])),
+            draw(st.sampled_from([(64, 64)] * 4 + [(72, 64), (64, 80)])),
+            draw(st.sampled_from(["none"] * 6 + ["truncated", "empty"])), draw(st.data()))
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +358,7 @@ def folder_world(tmp_path_factory):
     return tmp, data, recipe, untrained_checkpoint(tmp / "model.pt", recipe)
 
 
-@drawn(30)
+@drawn(40)
 @given(fault=sample_fault())
 def test_eval_evaluates_or_names_every_drawn_image_and_label_file(folder_world, capsys, fault):
     tmp, pristine, recipe, ckpt = folder_world
@@ -374,6 +382,7 @@ def test_eval_evaluates_or_names_every_drawn_image_and_label_file(folder_world, 
     before = _tree(tmp)
     metrics = tmp / "out" / "m.json"
     code, _, err = run(["eval", recipe, "--checkpoint", ckpt, "--output", metrics], capsys)
+    event("evaluated" if words is None and damage == "none" else "refused")
     if words is None and damage == "none":
         assert code == 0, err
         assert metrics.is_file()
@@ -474,6 +483,10 @@ def test_an_output_onto_an_input_is_refused_before_any_work(world, capsys, comma
 def yaml_bomb(draw):
     """Model switches (a free mapping) of nested aliases: ``levels`` anchors, each a list of ``width`` aliases of
     the one before; and the loader's verdict worked out by hand: None (read), or the words of its refusal."""
+    if draw(st.booleans()):  # a fan: many aliases of one scalar, nothing inflates but the alias count
+        n = draw(st.integers(1, 2 * MAX_YAML_ALIASES))
+        text = "    x0: &x0 a\n" + "".join(f"    x{i}: *x0\n" for i in range(1, n + 1))
+        return text, f"more than {MAX_YAML_ALIASES} aliases" if n > MAX_YAML_ALIASES else None, n + 1
     levels, width = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     text = "    x0: &x0 [a, a, a, a]\n"
     aliases, sizes, verdict = 0, [5], None
@@ -499,6 +512,7 @@ def test_recipe_aliases_are_printed_within_the_bounds_and_refused_past_them(worl
     path = fresh(world) / "bomb.yaml"
     path.write_text(f"base: {world['recipe']}\nmodel:\n  kwargs:\n{text}")
     code, out, err = run(["config", path], capsys)
+    event(verdict or "read")
     if verdict:
         assert code == 2 and str(path) in err and verdict in err, err
     else:
@@ -584,6 +598,7 @@ def test_a_damaged_checkpoint_is_refused_naming_it_or_used(world, capsys, damage
     code, _, err = run(["predict", "--checkpoint", bad, "--input", world["photos"] / "p0.png", "--output", out], capsys)
     if how in ("truncate", "bomb_entry", "not_a_zip"):
         assert code == 2, err  # the zip directory is gone, or declares more than the bounds allow
+    event(f"{how}: exit {code}")
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and str(bad) in err, err
         assert not out.exists() or not any(out.iterdir())
