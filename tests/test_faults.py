@@ -47,10 +47,9 @@ def _refused(argv, capsys, *named) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny CamVid-like dataset, a recipe, a checkpoint and a folder of two images (nothing trained)."""
-    tmp = tmp_path_factory.mktemp("world")
+def make_world(tmp: Path) -> dict:
+    """A tiny CamVid-like dataset, a checkpoint, a folder of two images (nothing trained) and a file
+    outside them, in ``tmp``."""
     data = make_camvid_like(tmp / "data", n_train=2, n_val=1)
     model = create_model("mininet_95k", num_classes=11)
     ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "mininet_95k", "num_classes": 11}, tmp / "m.pt")
@@ -62,6 +61,11 @@ def world(tmp_path_factory):
     outside.mkdir()
     (outside / "target").write_bytes(b"must stay as it is")
     return {"tmp": tmp, "data": data, "ckpt": ckpt, "photos": photos, "outside": outside}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import yaml
@@ -21,17 +20,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import lightseg.bounds
-import lightseg.deploy.predict
 import lightseg.engine.train
-from lightseg.checkpoint import save_checkpoint
 from lightseg.cli import main
 from lightseg.config import DEFAULTS, MAX_RECIPE_BYTES, MAX_YAML_ALIASES, MAX_YAML_NODES, SCHEMA, parse_override
 from lightseg.errors import ConfigError, LightsegError
-from lightseg.models import create_model
 from lightseg.runlog import read_log
-from test_faults import _tree
+from test_faults import _tree, make_world
 from test_faults_data import make_folder_data, untrained_checkpoint, write_recipe
-from test_train import make_camvid_like, one_thread, tiny_recipe  # noqa: F401 - fixture
+from test_train import one_thread, tiny_recipe  # noqa: F401 - fixture
 
 LINK = "is a symbolic link; lightseg does not write through links"
 
@@ -75,28 +71,17 @@ def unchanged(root: Path, before: dict, *allowed) -> None:
 def world(tmp_path_factory):
     """A CamVid-like dataset, a 1-iteration recipe, a checkpoint, two photos, a finished run's log and a file
     outside every folder a command is given."""
-    tmp = tmp_path_factory.mktemp("world")
-    data = make_camvid_like(tmp / "data", n_train=2, n_val=1)
-    model = create_model("mininet_95k", num_classes=11)
-    ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "mininet_95k", "num_classes": 11}, tmp / "m.pt")
-    photos = tmp / "photos"
-    photos.mkdir()
-    for i in range(2):
-        cv2.imwrite(str(photos / f"p{i}.png"), np.full((64, 64, 3), 40 * i, np.uint8))
-    outside = tmp / "outside"
-    (outside / "dir").mkdir(parents=True)
-    (outside / "target").write_bytes(b"must stay as it is")
+    w = make_world(tmp_path_factory.mktemp("world"))
+    tmp = w["tmp"]
+    (w["outside"] / "dir").mkdir()
     logged = tmp / "logged"
     logged.mkdir()
     (logged / "log.jsonl").write_text("".join(json.dumps({"kind": "train", "iter": i, "loss": 1.0 / i, "lr": 0.1}) + "\n"
                                               for i in range(1, 4)))
     recipes = tmp / "recipes"
     recipes.mkdir()
-    recipe = tiny_recipe(recipes, data, iters=1)
-    scratch = tmp / "scratch"
-    scratch.mkdir()
-    return {"tmp": tmp, "data": data, "ckpt": ckpt, "photos": photos, "outside": outside, "logged": logged,
-            "recipe": recipe, "scratch": scratch}
+    (tmp / "scratch").mkdir()
+    return {**w, "logged": logged, "recipe": tiny_recipe(recipes, w["data"], iters=1), "scratch": tmp / "scratch"}
 
 
 def fresh(world) -> Path:
