@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import runlog
 from .checkpoint import atomic_write_bytes
 from .data.classes import IGNORE_INDEX
-from . import runlog
 from .errors import LightsegError
 
 # Legend geometry (pixels); draw_legend's panel size follows from these and the text widths.

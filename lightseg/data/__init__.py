@@ -251,8 +251,8 @@ def check_train_sizes(dataset: SegmentationDataset, transforms_cfg: dict) -> Non
     if keys:
         h, w = smallest_train_input(transforms_cfg, 0, 0)
         if min(h, w) < MIN_SIZE:
-            given = ", ".join(f"data.train_transforms.{k}={list(transforms_cfg[k])}" for k in (*keys, "scale")
-                              if transforms_cfg.get(k))
+            used = ["crop"] if "crop" in keys else ["resize", "scale"]  # a crop's size is what the model sees
+            given = ", ".join(f"data.train_transforms.{k}={list(transforms_cfg[k])}" for k in used if transforms_cfg.get(k))
             raise ConfigError(f"{given} make training inputs of {h}x{w}, under the models' minimum input of "
                               f"{MIN_SIZE}x{MIN_SIZE}; {fix}")
         return
