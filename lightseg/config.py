@@ -424,7 +424,9 @@ def validate(cfg: dict, source=None, origins=None) -> dict:
     walk(cfg, DEFAULTS, "")
     t = cfg["train"]
     if (t["iters"] is None) == (t["epochs"] is None):
-        raise ConfigError(f"train.iters / train.epochs{_where(source)}: set exactly one of them "
+        # blame the --set that made them clash, if one did, not the recipe file
+        origin = next((where(k) for k in ("train.iters", "train.epochs") if where(k) != source), source)
+        raise ConfigError(f"train.iters / train.epochs{_where(origin)}: set exactly one of them "
                           f"(got iters={t['iters']!r}, epochs={t['epochs']!r}); the other must be null")
     return cfg
 

@@ -7,12 +7,12 @@ canvas directly (no pyplot, so no global backend is changed).
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from . import runlog
 from .checkpoint import atomic_write_bytes
 from .data.classes import IGNORE_INDEX
 from .errors import LightsegError
@@ -208,25 +208,13 @@ def save_png(path, rgb_or_label) -> Path:
 
 # ------------------------------------------------------------------ training curves
 def read_log(path) -> list:
-    """The records of a run's ``log.jsonl``; a half-written last line (a run still going) is skipped."""
+    """The records of a run's ``log.jsonl`` for plots (:func:`lightseg.runlog.read_log`, lenient: a half-written
+    last line, as in a run still going, is skipped)."""
     path = Path(path)
     if not path.is_file():
         raise LightsegError(f"training log {path} not found; pass the run directory that `lightseg train` wrote "
                             "(it holds log.jsonl)")
-    lines = path.read_text().splitlines()
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if n == len(lines):  # being written right now
-                continue
-            raise LightsegError(f"{path}:{n}: not a JSON record: {line[:80]!r}") from None
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+    return runlog.read_log(path, strict=False)
 
 
 def _cumulative_time(records: list[dict]) -> list[dict]:

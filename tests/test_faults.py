@@ -47,10 +47,9 @@ def _refused(argv, capsys, *named) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny CamVid-like dataset, a recipe, a checkpoint and a folder of two images (nothing trained)."""
-    tmp = tmp_path_factory.mktemp("world")
+def make_world(tmp: Path) -> dict:
+    """A tiny CamVid-like dataset, a checkpoint, a folder of two images (nothing trained) and a file
+    outside them, in ``tmp``."""
     data = make_camvid_like(tmp / "data", n_train=2, n_val=1)
     model = create_model("mininet_95k", num_classes=11)
     ckpt = save_checkpoint({"model": model.state_dict(), "model_name": "mininet_95k", "num_classes": 11}, tmp / "m.pt")
@@ -62,6 +61,11 @@ def world(tmp_path_factory):
     outside.mkdir()
     (outside / "target").write_bytes(b"must stay as it is")
     return {"tmp": tmp, "data": data, "ckpt": ckpt, "photos": photos, "outside": outside}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"))
 
 
 @pytest.fixture
@@ -206,6 +210,30 @@ def test_predict_reads_a_bomb_images_size_from_its_header(world, tmp_path, capsy
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_predict_refuses_a_video_whose_frames_cannot_fit_before_decoding_one(world, tmp_path, capsys, monkeypatch):
+    """The frame size the container declares is compared with the memory before the first frame is read."""
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (1024, 768))
+    for _ in range(2):
+        writer.write(np.zeros((768, 1024, 3), np.uint8))
+    writer.release()
+
+    class CountingCapture(cv2.VideoCapture):
+        reads = 0
+
+        def read(self, *args):
+            CountingCapture.reads += 1
+            return super().read(*args)
+
+    monkeypatch.setattr(cv2, "VideoCapture", CountingCapture)
+    monkeypatch.setattr("lightseg.deploy.predict.available_memory", lambda: 64 * 1024 ** 2)
+    out = tmp_path / "out"
+    err = _refused(["predict", "--checkpoint", world["ckpt"], "--input", video, "--output", out], capsys,
+                   f"{video} (frames)", "768x1024", "GB of memory", "0.1 GB is available")
+    assert CountingCapture.reads == 0, err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_data_images_are_bounded_before_decoding(world, tmp_path, capsys, monkeypatch):
     data = make_camvid_like(tmp_path / "data", n_train=1, n_val=1)
     img = _png_declaring(data / "val" / "s000.png", 4000, 4000)
@@ -237,11 +265,12 @@ def test_list_file_with_an_endless_line(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,named", [
-    (["bench", "--model", "mininet_95k", "--size", 1024, 2048, "--batch", 100000], ["--batch 100000", "GB"]),
-    (["bench", "--model", "mininet_95k", "--size", 60000, 60000], ["--size 60000 60000", "GB"]),
+    (["bench", "--model", "mininet_95k", "--size", 1024, 2048, "--batch", 100000], ["--batch 100000", "GB of memory"]),
+    (["bench", "--model", "mininet_95k", "--size", 60000, 60000], ["--size 60000 60000", "GB of memory"]),
 ])
 def test_bench_refuses_what_cannot_fit_with_the_estimate(argv, named, capsys):
-    _refused(argv, capsys, *named)
+    """The message gives the estimate and the memory available (the limit)."""
+    assert "GB is available" in _refused(argv, capsys, *named)
 
 
 def test_slide_window_count_is_bounded(world, tmp_path, capsys):

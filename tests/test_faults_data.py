@@ -231,6 +231,19 @@ def test_refused_file_kinds_are_found_by_the_pre_scan(folder, tmp_path, capsys, 
     assert tree(tmp_path) == before
 
 
+def test_predict_turns_an_exif_rotated_image_upright(folder, tmp_path, capsys):
+    """An image without a label is segmented as a viewer shows it: EXIF orientation 6 (rotate 90 degrees)
+    makes the 64x96 pixels stored a 96x64 picture, and the label map has the picture's size."""
+    _, ckpt, _ = folder
+    photo = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_rgb(2, 64, 96)).save(photo, "JPEG", exif=exif.tobytes())
+    code, err = cli(["predict", "--checkpoint", ckpt, "--input", photo, "--output", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert cv2.imread(str(tmp_path / "out" / "photo_label.png"), cv2.IMREAD_UNCHANGED).shape == (96, 64)
+
+
 # ---------------------------------------------------------------- 2: settings, checkpoint and manifest values
 def test_every_recipe_key_has_a_rule_that_its_default_passes():
     def leaves(t, prefix=""):
@@ -447,3 +460,33 @@ def test_a_folder_named_like_a_camera_index_is_read(folder, tmp_path, capsys, mo
     code, err = cli(["predict", "--checkpoint", ckpt, "--input", "0", "--output", tmp_path / "out"], capsys)
     assert code == 0 and "reading the folder 0" in err, err
     assert any(p.name.startswith("a_") for p in (tmp_path / "out").iterdir())  # the folder's image was segmented
+
+
+# ---------------------------------------------------------------- 6: inputs smaller than the models take
+@pytest.mark.parametrize("override, words", [
+    ([], ["s0.png", "32x32", "data.root", "data.train_transforms.resize=[64,64]"]),
+    (["--set", "data.train_transforms.crop=[32,48]"], ["data.train_transforms.crop=[32, 48]", "32x48"]),
+    (["--set", "data.train_transforms.resize=[64,64]", "--set", "data.train_transforms.scale=[0.5,1.0]"],
+     ["resize=[64, 64]", "scale=[0.5, 1.0]", "32x32"]),
+])
+def test_training_inputs_under_64_px_are_refused_before_training(tmp_path, capsys, override, words):
+    data = make_folder_data(tmp_path / "data", size=(32, 32))
+    recipe = write_recipe(tmp_path / "r.yaml", data, tmp_path / "run", extra="  val_interval: 0")
+    recipe.write_text(recipe.read_text().replace("  val_interval: 1000\n", ""))
+    before = tree(tmp_path)
+    code, err = cli(["train", recipe, *override], capsys)
+    assert code == 2 and "minimum input of 64x64" in err and all(w in err for w in words), err
+    assert len(err.strip().splitlines()) == 1
+    assert tree(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+def test_eval_and_predict_inputs_under_64_px_exit_2_naming_them(tmp_path, capsys):
+    data = make_folder_data(tmp_path / "data", size=(32, 32))
+    recipe = write_recipe(tmp_path / "r.yaml", data, tmp_path / "run")
+    ckpt = untrained_checkpoint(tmp_path / "model.pt", recipe)
+    code, err = cli(["eval", recipe, "--checkpoint", ckpt, "--output", tmp_path / "m.json"], capsys)
+    assert code == 2 and "s0.png" in err and "32x32" in err and "data.eval_size" in err, err
+    code, err = cli(["predict", "--checkpoint", ckpt, "--input", data / "images", "--output", tmp_path / "out"], capsys)
+    assert code == 2 and "s0.png" in err and "--size H W" in err, err
+    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

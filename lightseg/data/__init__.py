@@ -27,7 +27,7 @@ from .cityscapes import Cityscapes
 from .classes import IGNORE_INDEX
 from .folder import FolderDataset
 from .mapillary import Mapillary
-from .transforms import build_train_transforms
+from .transforms import build_train_transforms, smallest_train_input
 
 DEFAULT_DATA_CFG = {
     "name": "camvid",
@@ -238,8 +238,39 @@ def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) ->
     return problems
 
 
+def check_train_sizes(dataset: SegmentationDataset, transforms_cfg: dict) -> None:
+    """Refuse, before training, a training split whose samples the train pipeline (``transforms_cfg``:
+    ``data.train_transforms``) makes smaller than the models' ``MIN_SIZE``. When a crop or a resize fixes
+    the size, the recipe alone decides; otherwise each image's size is read from its header (an image that
+    cannot be read is left to the loader, which refuses it or, with ``--skip-bad``, leaves it out)."""
+    from ..models.base import MIN_SIZE
+
+    fix = (f"resize or crop the training inputs to at least {MIN_SIZE}x{MIN_SIZE}, e.g. "
+           f"--set data.train_transforms.resize=[{MIN_SIZE},{MIN_SIZE}] (or data.train_transforms.crop)")
+    keys = [k for k in ("crop", "resize") if transforms_cfg.get(k)]
+    if keys:
+        h, w = smallest_train_input(transforms_cfg, 0, 0)
+        if min(h, w) < MIN_SIZE:
+            used = ["crop"] if "crop" in keys else ["resize", "scale"]  # a crop's size is what the model sees
+            given = ", ".join(f"data.train_transforms.{k}={list(transforms_cfg[k])}" for k in used if transforms_cfg.get(k))
+            raise ConfigError(f"{given} make training inputs of {h}x{w}, under the models' minimum input of "
+                              f"{MIN_SIZE}x{MIN_SIZE}; {fix}")
+        return
+    for img_path, _ in dataset.files:
+        try:
+            ih, iw = check_image(img_path).size
+        except LightsegError:  # a bad sample: refused when loaded, or left out with --skip-bad
+            continue
+        h, w = smallest_train_input(transforms_cfg, ih, iw)
+        if min(h, w) < MIN_SIZE:
+            scale = transforms_cfg.get("scale")
+            at = f" (at data.train_transforms.scale {scale[0]:g}: {h}x{w})" if scale else ""
+            raise DataError(f"{img_path}: training image of {ih}x{iw}{at} is under the models' minimum input of "
+                            f"{MIN_SIZE}x{MIN_SIZE} (data.root {getattr(dataset, 'root', '?')}); {fix}")
+
+
 __all__ = [
     "DEFAULT_DATA_CFG", "DATASETS", "IGNORE_INDEX", "build_dataset", "merged_data_cfg", "resolve_split",
-    "worker_init_fn", "validate_dataset", "scan_samples", "sample_fingerprints", "data_fingerprint", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
+    "worker_init_fn", "validate_dataset", "scan_samples", "check_train_sizes", "sample_fingerprints", "data_fingerprint", "SegmentationDataset", "CamVid", "CamVid32", "Cityscapes", "Mapillary",
     "FolderDataset", "read_image", "read_label", "DataError",
 ]

@@ -221,3 +221,15 @@ def build_train_transforms(cfg: dict, image_fill=(0, 0, 0)) -> Compose:
     if jitter:
         ts.append(ColorJitter(jitter))
     return Compose(ts)
+
+
+def smallest_train_input(cfg: dict, h: int, w: int) -> tuple[int, int]:
+    """The smallest (H, W) that the pipeline of :func:`build_train_transforms` gives a sample of ``h x w``:
+    a crop's size (a smaller sample is padded up to it), else the resize (or the sample's own size) at the
+    smallest scale. Translation keeps the size."""
+    crop = cfg.get("crop")
+    if crop:
+        return int(crop[0]), int(crop[1])
+    base = cfg.get("resize") or (h, w)
+    s = float(cfg["scale"][0]) if cfg.get("scale") else 1.0
+    return max(1, int(round(base[0] * s))), max(1, int(round(base[1] * s)))

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, LightsegError
-from ..outputs import check_output_dir, open_output, write_error
+from ..outputs import check_output_dir, open_output, refuse_links_in, write_error
+from ..runlog import read_log
 
 # What `lightseg train` writes in a run folder: a fresh run refuses a folder that holds any of them.
 RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "bad_samples.jsonl")
@@ -140,6 +141,9 @@ def claim_run_dir(run_dir, fresh: bool = True, next_free: bool = False):
     run_dir = Path(run_dir)
     for k in range(1, MAX_RUN_NUMBER + 1):
         candidate = _numbered(run_dir, k)
+        # A link at a name the run writes is refused, not taken for an earlier run's file and passed over:
+        # whether its target exists or not, the answer is the same (lightseg never writes links).
+        refuse_links_in(candidate, (*RUN_FILES, LOCK_NAME, *START_FILES))
         if next_free and (_earlier_run_files(candidate) or (k > 1 and candidate.exists() and not candidate.is_dir())):
             continue
         created = _first_missing(candidate)
@@ -211,40 +215,11 @@ def _remove_empty_folders(run_dir: Path, top: Path) -> None:
 
 
 def read_run_log(path) -> list[dict]:
-    """The records of a run's ``log.jsonl``, checked before a resume writes anything: each line a JSON object
-    whose ``iter`` is an integer >= 0. A last line cut short (a crash while it was written) is dropped with
-    a note; any other malformed line is refused naming its number, since the resume rewrites the log."""
-    import json
-    import sys
-
+    """The records of a run's ``log.jsonl``, checked before a resume writes anything (:func:`lightseg.runlog.read_log`,
+    strict: a malformed line is refused naming its number, since the resume rewrites the log); none for a
+    run folder without one."""
     path = Path(path)
-    if not path.is_file():
-        return []
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); it was not "
-                          "written by lightseg train: restore it or delete it (it only holds the run's log)") from None
-    except OSError as e:
-        raise write_error(e, path) from e
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        it = rec.get("iter", 0) if isinstance(rec, dict) else None
-        if isinstance(it, int) and not isinstance(it, bool) and it >= 0:
-            records.append(rec)
-        elif n == len(lines) and rec is None:
-            print(f"lightseg train: {path}:{n}: dropping a last line cut short (written when the run stopped)",
-                  file=sys.stderr)
-        else:
-            raise ConfigError(f"{path}:{n}: {line[:60]!r} is not a record lightseg train writes (a JSON object with an "
-                              f"integer 'iter' >= 0); fix or delete that line, then resume again (nothing was written)")
-    return records
+    return read_log(path, strict=True) if path.is_file() else []
 
 
 def _flatten(tree, prefix="") -> dict:

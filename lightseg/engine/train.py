@@ -324,8 +324,10 @@ class Trainer:
         # train.val_interval 0 (--no-val): no validation set is needed, and none is read.
         validating = bool(t["val_every_epochs"] or t["val_interval"])
         self.val_set = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False) if validating else None
+        from ..data import check_train_sizes, data_fingerprint, merged_data_cfg, sample_fingerprints
+
+        check_train_sizes(self.train_set, merged_data_cfg(cfg["data"])["train_transforms"])
         self._check_val_split()
-        from ..data import data_fingerprint, sample_fingerprints
 
         self.data_samples = sample_fingerprints(self.train_set)  # names, sizes, mtimes: a stat per file
         self.data_fingerprint = data_fingerprint(self.train_set, self.data_samples)
