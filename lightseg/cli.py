@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("export", help="export a model to ONNX (with a parity check against PyTorch)")
+    s = sub.add_parser("export", help="export a model to ONNX, OpenVINO, ExecuTorch or ncnn (with a parity check against PyTorch)")
     s.add_argument("--model", default=None, help="model name (optional with a lightseg checkpoint, which names it)")
     s.add_argument("--checkpoint", default=None, metavar="CKPT", help="trained weights (default: random weights)")
     s.add_argument("--weights", default=None, metavar="NAME", help="instead of --checkpoint: weights shipped with lightseg")
@@ -323,7 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s, "the parity check")
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
-    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    s.add_argument("--format", default=None, choices=["onnx", "openvino", "executorch", "ncnn"],
+                   help="onnx (.onnx), openvino (.xml + .bin), executorch (.pte, XNNPACK) or ncnn (.ncnn.param + .ncnn.bin); "
+                        "default: what -o's name says, else onnx. OpenVINO, ExecuTorch and ncnn are extras: "
+                        "pip install 'lightseg[openvino]' (or executorch, ncnn)")
+    s.add_argument("--precision", default=None, choices=["f32", "fp16"],
+                   help="ncnn only: f32 (default; fp32 weights and arithmetic, as PyTorch) or fp16 (fp16 weights and "
+                        "ncnn's fp16 storage: half the file, looser parity)")
+    s.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="the file to write: model.onnx, model.xml, model.pte or model.ncnn.param; the model's name, "
+                        "classes, palette and normalisation go into it (or beside it as FILE.json), so "
+                        "lightseg predict --checkpoint FILE runs it alone")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="segment images, a folder, a glob, a video, a camera or a stream")
