@@ -344,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, metavar="SOURCE",
                    help="an image, a folder, a glob ('imgs/*.png'), a video file, a camera index (0) or a stream URL")
     s.add_argument("--output", default="predictions", metavar="DIR", help="output folder (default predictions)")
-    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
-                   help="what runs the model: PyTorch, fp32 ONNX Runtime or int8 ONNX Runtime (CPU)")
+    s.add_argument("--backend", default="eager",
+                   choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn"],
+                   help="what runs the model: PyTorch, fp32 ONNX Runtime, int8 ONNX Runtime (CPU), or OpenVINO, "
+                        "ExecuTorch, ncnn (extras); with --checkpoint FILE from lightseg export, that file's format")
+    s.add_argument("--precision", default=None, choices=["f32", "bf16", "fp16"],
+                   help="openvino: its inference precision (default bf16 on CPUs with AVX512_BF16/AMX, else f32); ncnn: f32 or fp16")
     _add_device(s)
     s.add_argument("--size", nargs=2, type=_side, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
     s.add_argument("--batch", type=_positive_int, default=1, help="images per model call (same-size images; default 1)")
