@@ -148,7 +148,7 @@ class Runtime:
 
         if backend in (*ONNX_BACKENDS, *EXPORTED_BACKENDS):
             if self.dtype != torch.float32:
-                raise LightsegError(f"the {backend} backend takes float32 input; drop --dtype "
+                raise LightsegError(f"the {backend} backend runs float32 only (input and output); drop --dtype "
                                     + ("(--precision sets its arithmetic)" if backend in ("openvino", "ncnn") else "or use an eager backend"))
             if self.onnx_path is not None:
                 from .quantize import mode_warning, model_int8_mode
