@@ -128,6 +128,7 @@ def cmd_eval(args):
         calibration=args.calib,
         calibration_count=args.calib_count,
         int8_mode=args.int8_mode,
+        precision=args.precision,
     )
 
 
@@ -200,6 +201,12 @@ def _add_int8_mode_arg(s):
                         "(u8s8 with VNNI/AMX/ARM, u8s8_reduce_range on x86 without VNNI); give the target CPU's")
 
 
+def _add_precision_arg(s):
+    s.add_argument("--precision", default=None, choices=["f32", "bf16", "fp16"],
+                   help="openvino: its inference precision (default bf16 on CPUs with AVX512_BF16/AMX, else f32); "
+                        "ncnn: f32 (default) or fp16")
+
+
 def _add_window_args(s, default, where):
     s.add_argument("--mode", default=default, choices=["whole", "slide"],
                    help=f"whole-image or sliding-window inference (default: {where})")
@@ -262,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="evaluate a checkpoint: confusion matrix, per-class IoU, mIoU")
     s.add_argument("config", metavar="RECIPE", help="the recipe the model was trained with (a name or a YAML file)")
-    s.add_argument("--checkpoint", default=None, metavar="CKPT", help="a .pt written by lightseg train")
+    s.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="a .pt written by lightseg train, or a file written by lightseg export (model.onnx, model.xml, "
+                        "model.pte, model.ncnn.param: its metadata gives the model, classes and normalisation)")
     s.add_argument("--weights", default=None, metavar="NAME",
                    help="instead of --checkpoint: weights shipped with lightseg for the recipe's model (e.g. camvid)")
     s.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split to score (default val)")
@@ -271,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
     s.add_argument("--scales", nargs="+", type=_positive_float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     _add_window_args(s, None, "the recipe's eval.mode, whole unless set")
-    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
-                   help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX: see lightseg bench)")
+    s.add_argument("--backend", default="eager",
+                   choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn"],
+                   help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX, OpenVINO, ExecuTorch, "
+                        "ncnn: see lightseg bench); with --checkpoint FILE from lightseg export, that file's format")
+    _add_precision_arg(s)
     _add_device(s)
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
@@ -348,8 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn"],
                    help="what runs the model: PyTorch, fp32 ONNX Runtime, int8 ONNX Runtime (CPU), or OpenVINO, "
                         "ExecuTorch, ncnn (extras); with --checkpoint FILE from lightseg export, that file's format")
-    s.add_argument("--precision", default=None, choices=["f32", "bf16", "fp16"],
-                   help="openvino: its inference precision (default bf16 on CPUs with AVX512_BF16/AMX, else f32); ncnn: f32 or fp16")
+    _add_precision_arg(s)
     _add_device(s)
     s.add_argument("--size", nargs=2, type=_side, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
     s.add_argument("--batch", type=_positive_int, default=1, help="images per model call (same-size images; default 1)")

@@ -52,6 +52,17 @@ def format_module(backend):
     return importlib.import_module(f".format_{backend}", __package__)
 
 
+def file_backend(path, backend=None) -> str:
+    """The backend that runs the exported file ``path``: its format's (``backend`` None, ``"eager"`` or
+    ``"auto"``: that one); another backend is refused, naming the one to use."""
+    fmt = format_of(path)
+    own = FILE_BACKENDS[fmt]
+    if backend in (None, "eager", "auto", own):
+        return own
+    raise LightsegError(f"{path} is a {fmt} model, which runs with --backend {own}, not {backend!r}"
+                        + ("; for int8, export it with lightseg export --int8" if backend == "onnxruntime_int8" else ""))
+
+
 def load_exported(backend, path, precision=None, num_threads=None):
     """The runner of an exported file: float32 NCHW numpy in, logits numpy out."""
     mod = format_module(backend)
@@ -105,6 +116,7 @@ class Runtime:
         self._sessions: OrderedDict = OrderedDict()
         self._max_sessions = max_sessions
         self.onnx_path = None
+        self.file_input_size = None  # (H, W) of a static exported file: the only size it takes
         self.calibration, self.normalize = calibration, normalize
         self.calibration_count = calibration_count
         self.int8_mode = None
@@ -131,6 +143,7 @@ class Runtime:
                 raise LightsegError(f"{backend} model {str(path)!r} not found")
             self.onnx_path, self.model = path, None
             self._sessions[None] = load_exported(backend, path, self.precision, num_threads)
+            self.file_input_size = _static_input_size(path)
             return
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -155,6 +168,7 @@ class Runtime:
 
                 session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads, spinning=ort_spinning)
                 self._sessions[None] = session
+                self.file_input_size = _static_input_size(self.onnx_path)
                 self.int8_mode = model_int8_mode(session.get_modelmeta().custom_metadata_map)
                 warning = mode_warning(self.int8_mode) if self.device.type == "cpu" else None
                 if warning:
@@ -222,6 +236,15 @@ class Runtime:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError(f"Runtime expects an (N, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        if self.file_input_size is not None:
+            if tuple(images.shape[2:]) != self.file_input_size:
+                h, w = self.file_input_size
+                raise LightsegError(
+                    f"{self.onnx_path} was exported for {h}x{w} input and is given {images.shape[2]}x{images.shape[3]}: "
+                    f"export it again with --size {images.shape[2]} {images.shape[3]} (or --dynamic, ONNX), or run it "
+                    f"on {h}x{w} windows (--mode slide --crop {h} {w})")
+            if images.shape[0] > 1:  # a static export takes one image per call
+                return torch.cat([self(images[i:i + 1]) for i in range(images.shape[0])])
         if self.backend in (*ONNX_BACKENDS, *EXPORTED_BACKENDS):
             session = self._session_for(images.shape)
             x = np.ascontiguousarray(images.detach().float().cpu().numpy())
@@ -235,6 +258,18 @@ class Runtime:
             if isinstance(out, dict):
                 out = out["out"]
             return out.float().contiguous()
+
+
+def _static_input_size(path):
+    """(H, W) of an exported file with lightseg metadata and a static shape; None for a dynamic ONNX export or
+    a file without lightseg metadata (run as it is)."""
+    from .metadata import MetadataError, read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except MetadataError:
+        return None
+    return None if meta.get("dynamic") else tuple(int(v) for v in meta["input_size"])
 
 
 # ---------------------------------------------------------------------- checkpoints

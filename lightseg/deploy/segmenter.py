@@ -31,8 +31,8 @@ import torch
 from ..data.base import read_image
 from ..errors import LightsegError
 from ..inference import argmax_classes, check_mode, predict_scores
-from .metadata import format_of, read_metadata
-from .runtime import FILE_BACKENDS, Runtime, checkpoint_normalization, load_model
+from .metadata import read_metadata
+from .runtime import Runtime, checkpoint_normalization, file_backend, load_model
 
 PREDICT_BACKENDS = ("eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn")
 
@@ -184,10 +184,7 @@ class Segmenter:
         self.metadata = None
         if isinstance(model, (str, Path)):
             self.metadata = read_metadata(model)
-            fmt = format_of(model)
-            backend = FILE_BACKENDS[fmt] if backend in (None, "eager") else backend
-            if backend != FILE_BACKENDS[fmt] and not (fmt == "onnx" and backend == "onnxruntime"):
-                raise LightsegError(f"{model} is a {fmt} model, which runs with backend {FILE_BACKENDS[fmt]!r}, not {backend!r}")
+            backend = file_backend(model, backend)
             if size is None and not self.metadata.get("dynamic"):
                 size = tuple(self.metadata["input_size"])  # a static export takes its own size; labels come back at the image's
         if backend not in PREDICT_BACKENDS:
