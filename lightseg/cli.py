@@ -201,7 +201,14 @@ def _add_int8_mode_arg(s):
                         "(u8s8 with VNNI/AMX/ARM, u8s8_reduce_range on x86 without VNNI); give the target CPU's")
 
 
-def _add_precision_arg(s):
+def _add_run_backend_args(s, auto_size):
+    """--backend and --precision of the verbs that run a model (eval, predict)."""
+    s.add_argument("--backend", default="eager",
+                   choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn", "auto"],
+                   help="what runs the model: PyTorch, fp32 ONNX Runtime, int8 ONNX Runtime (CPU), or OpenVINO, ExecuTorch, "
+                        "ncnn (extras; see lightseg bench); auto: the fastest fp32 path that agrees with PyTorch on this "
+                        f"CPU at {auto_size}, measured once and cached; with --checkpoint FILE from lightseg export, "
+                        "that file's format")
     s.add_argument("--precision", default=None, choices=["f32", "bf16", "fp16"],
                    help="openvino: its inference precision (default bf16 on CPUs with AVX512_BF16/AMX, else f32); "
                         "ncnn: f32 (default) or fp16")
@@ -280,11 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
     s.add_argument("--scales", nargs="+", type=_positive_float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     _add_window_args(s, None, "the recipe's eval.mode, whole unless set")
-    s.add_argument("--backend", default="eager",
-                   choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn"],
-                   help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX, OpenVINO, ExecuTorch, "
-                        "ncnn: see lightseg bench); with --checkpoint FILE from lightseg export, that file's format")
-    _add_precision_arg(s)
+    _add_run_backend_args(s, "the first image's size")
     _add_device(s)
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
@@ -309,11 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
     _add_device(s)
     s.add_argument("--backend", default="eager",
-                   choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "onnxruntime_plain", "all"],
+                   choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "openvino", "executorch",
+                            "ncnn", "peer_ort", "peer_openvino", "onnxruntime_plain", "all"],
                    help="eager_nchw: the model as written; eager: BN folded + channels_last; compile: torch.compile; "
-                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); onnxruntime_plain: "
-                        "the baseline without lightseg (plain torch.onnx.export, default ONNX Runtime); all: each of them, "
-                        "timed together")
+                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); openvino (default "
+                        "precision: bf16 on CPUs with AVX512_BF16/AMX, else f32), executorch (XNNPACK), ncnn: lightseg's "
+                        "export in those runtimes (extras); peer_ort (formerly onnxruntime_plain), peer_openvino: what a "
+                        "user runs without lightseg (plain torch.onnx.export, the runtime's defaults); all: each of them "
+                        "installed, timed together, the fastest whose argmax agrees with fp32 PyTorch on >= 99%% marked")
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="eager backends: the arithmetic type (float16 is for CUDA)")
     s.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
@@ -356,11 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, metavar="SOURCE",
                    help="an image, a folder, a glob ('imgs/*.png'), a video file, a camera index (0) or a stream URL")
     s.add_argument("--output", default="predictions", metavar="DIR", help="output folder (default predictions)")
-    s.add_argument("--backend", default="eager",
-                   choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn"],
-                   help="what runs the model: PyTorch, fp32 ONNX Runtime, int8 ONNX Runtime (CPU), or OpenVINO, "
-                        "ExecuTorch, ncnn (extras); with --checkpoint FILE from lightseg export, that file's format")
-    _add_precision_arg(s)
+    _add_run_backend_args(s, "--size (default the model's paper size)")
     _add_device(s)
     s.add_argument("--size", nargs=2, type=_side, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
     s.add_argument("--batch", type=_positive_int, default=1, help="images per model call (same-size images; default 1)")

@@ -142,8 +142,11 @@ class Runtime:
             if not path.is_file():
                 raise LightsegError(f"{backend} model {str(path)!r} not found")
             self.onnx_path, self.model = path, None
+            meta = _file_metadata(path)
+            if backend == "ncnn" and precision in (None, "auto") and meta:  # an fp16 export runs as it was checked
+                self.precision = format_module(backend).resolve_precision(meta.get("precision"))
             self._sessions[None] = load_exported(backend, path, self.precision, num_threads)
-            self.file_input_size = _static_input_size(path)
+            self.file_input_size = _static_input_size(meta)
             return
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -168,7 +171,7 @@ class Runtime:
 
                 session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads, spinning=ort_spinning)
                 self._sessions[None] = session
-                self.file_input_size = _static_input_size(self.onnx_path)
+                self.file_input_size = _static_input_size(_file_metadata(self.onnx_path))
                 self.int8_mode = model_int8_mode(session.get_modelmeta().custom_metadata_map)
                 warning = mode_warning(self.int8_mode) if self.device.type == "cpu" else None
                 if warning:
@@ -260,16 +263,21 @@ class Runtime:
             return out.float().contiguous()
 
 
-def _static_input_size(path):
-    """(H, W) of an exported file with lightseg metadata and a static shape; None for a dynamic ONNX export or
-    a file without lightseg metadata (run as it is)."""
+def _file_metadata(path):
+    """The lightseg metadata of an exported file, or None for a file without it (run as it is)."""
     from .metadata import MetadataError, read_metadata
 
     try:
-        meta = read_metadata(path)
+        return read_metadata(path)
     except MetadataError:
         return None
-    return None if meta.get("dynamic") else tuple(int(v) for v in meta["input_size"])
+
+
+def _static_input_size(meta):
+    """(H, W) of an export with a static shape; None for a dynamic ONNX export or a file without metadata."""
+    if not meta or meta.get("dynamic"):
+        return None
+    return tuple(int(v) for v in meta["input_size"])
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -160,7 +160,9 @@ class Segmenter:
     be overridden per call.
 
     ``model``: an ``nn.Module`` (its ``classes``/``palette``/``normalize`` attributes are used when the
-    arguments are not given), ``backend``: one of :data:`PREDICT_BACKENDS`; ``device``: auto
+    arguments are not given), ``backend``: one of :data:`PREDICT_BACKENDS`, or ``auto``: the fastest of them
+    that agrees with PyTorch on this CPU at ``size`` (default the model's paper size), measured once and cached
+    (:mod:`.auto`; ``self.auto`` holds the measurement); ``device``: auto
     (CUDA, then MPS, then CPU), cpu, cuda or mps; ``size``: (H, W) the image is resized to before the
     model (the labels come back at the image's size); ``mode``/``crop``/``stride``: whole-image or
     sliding-window inference (:mod:`lightseg.inference`); ``calibration``/``calibration_count``/``int8_mode``:
@@ -187,8 +189,14 @@ class Segmenter:
             backend = file_backend(model, backend)
             if size is None and not self.metadata.get("dynamic"):
                 size = tuple(self.metadata["input_size"])  # a static export takes its own size; labels come back at the image's
+        self.auto = None
+        if backend == "auto":  # the fastest path that agrees with PyTorch, measured once (see .auto)
+            from .auto import auto_input_size, choose_backend
+
+            self.auto = choose_backend(model, auto_input_size(model, size), device=device, num_threads=num_threads)
+            backend = self.auto["backend"]
         if backend not in PREDICT_BACKENDS:
-            raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(PREDICT_BACKENDS)}")
+            raise LightsegError(f"backend {backend!r} is unknown; use one of auto, {', '.join(PREDICT_BACKENDS)}")
         if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
             raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend "
                                 "onnxruntime_int8 or drop them")

@@ -226,7 +226,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
 
     ``backend``: ``eager`` (PyTorch) or a deployment path (``onnxruntime``, ``onnxruntime_int8`` with
     ``calibration`` images and weight format ``int8_mode``, default this CPU's; ``openvino``, ``executorch``,
-    ``ncnn`` with ``precision``), so what is deployed is what is measured. ``checkpoint`` may be a file
+    ``ncnn`` with ``precision``; ``auto``: the fastest that agrees with PyTorch here, :mod:`lightseg.deploy.auto`),
+    so what is deployed is what is measured. ``checkpoint`` may be a file
     written by ``lightseg export`` (.onnx, .xml, .pte, .ncnn.param): its metadata gives the model, classes and
     normalisation (the recipe gives the dataset), its format the backend. ``mode``/``crop``/``stride`` override the recipe's ``eval.mode``/``eval.crop``/``eval.stride``
     (whole-image or sliding window). ``device``: auto (CUDA, then MPS, then CPU), cpu, cuda or mps; under
@@ -309,6 +310,13 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
 
     if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
         raise ConfigError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend onnxruntime_int8 or drop them")
+    auto = None
+    if backend == "auto":  # the fastest path that agrees with PyTorch at this dataset's image size, measured once
+        from ..deploy.auto import choose_backend
+
+        size = data_cfg.get("eval_size") or tuple(dataset[0][0].shape[-2:])
+        auto = choose_backend(model.eval(), size, device=device)
+        backend = auto["backend"]
     cpu_only = ("onnxruntime_int8", "openvino", "executorch", "ncnn")
     info = setup(cfg["train"].get("device", "auto") if backend not in cpu_only else "cpu")
     run_device = info.device
@@ -367,6 +375,8 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
               "split": split_name, "backend": backend, "device": str(run_device), **report}
     if getattr(runner, "precision", None):
         report["precision"] = runner.precision
+    if auto is not None:
+        report["backend_auto"] = {k: auto.get(k) for k in ("latency_ms", "agreement", "skipped", "cached")}
     if backend == "onnxruntime_int8":
         from ..hardware import cpu_info
 
