@@ -41,7 +41,7 @@ def roofline_rows(records):
     for name in dict.fromkeys(r["model"] for r in records):
         rs = [r for r in records if r["model"] == name]
         r0, summary = rs[0], rs[0]["model_summary"]
-        plain = next(r for r in rs if r["backend"] == "onnxruntime_plain")
+        plain = next(r for r in rs if r["backend"] in ("peer_ort", "onnxruntime_plain"))
         q = next((r for r in rs if r["backend"] == "onnxruntime_int8"), None)
         out.append("| " + " | ".join([
             name, f"{r0['flops'] / 1e9:.2f}", f"{r0['min_bytes'] / 1e6:.0f}", f"{r0['bound_compute_ms']:.1f}",

@@ -128,6 +128,7 @@ def cmd_eval(args):
         calibration=args.calib,
         calibration_count=args.calib_count,
         int8_mode=args.int8_mode,
+        precision=args.precision,
     )
 
 
@@ -200,6 +201,19 @@ def _add_int8_mode_arg(s):
                         "(u8s8 with VNNI/AMX/ARM, u8s8_reduce_range on x86 without VNNI); give the target CPU's")
 
 
+def _add_run_backend_args(s, auto_size):
+    """--backend and --precision of the verbs that run a model (eval, predict)."""
+    s.add_argument("--backend", default="eager",
+                   choices=["eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn", "auto"],
+                   help="what runs the model: PyTorch, fp32 ONNX Runtime, int8 ONNX Runtime (CPU), or OpenVINO, ExecuTorch, "
+                        "ncnn (extras; see lightseg bench); auto: the fastest fp32 path that agrees with PyTorch on this "
+                        f"CPU at {auto_size}, measured once and cached; with --checkpoint FILE from lightseg export, "
+                        "that file's format")
+    s.add_argument("--precision", default=None, choices=["f32", "bf16", "fp16"],
+                   help="openvino: its inference precision (default bf16 on CPUs with AVX512_BF16/AMX, else f32); "
+                        "ncnn: f32 (default) or fp16")
+
+
 def _add_window_args(s, default, where):
     s.add_argument("--mode", default=default, choices=["whole", "slide"],
                    help=f"whole-image or sliding-window inference (default: {where})")
@@ -262,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="evaluate a checkpoint: confusion matrix, per-class IoU, mIoU")
     s.add_argument("config", metavar="RECIPE", help="the recipe the model was trained with (a name or a YAML file)")
-    s.add_argument("--checkpoint", default=None, metavar="CKPT", help="a .pt written by lightseg train")
+    s.add_argument("--checkpoint", default=None, metavar="CKPT",
+                   help="a .pt written by lightseg train, or a file written by lightseg export (model.onnx, model.xml, "
+                        "model.pte, model.ncnn.param: its metadata gives the model, classes and normalisation)")
     s.add_argument("--weights", default=None, metavar="NAME",
                    help="instead of --checkpoint: weights shipped with lightseg for the recipe's model (e.g. camvid)")
     s.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split to score (default val)")
@@ -271,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--flip", action="store_true", help="average with horizontally flipped prediction")
     s.add_argument("--scales", nargs="+", type=_positive_float, default=None, help="multi-scale evaluation, e.g. 0.75 1.0 1.25")
     _add_window_args(s, None, "the recipe's eval.mode, whole unless set")
-    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
-                   help="what runs the model: PyTorch, or the deployment paths (fp32 ONNX, int8 ONNX: see lightseg bench)")
+    _add_run_backend_args(s, "the first image's size")
     _add_device(s)
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
@@ -300,11 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
     _add_device(s)
     s.add_argument("--backend", default="eager",
-                   choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "onnxruntime_plain", "all"],
+                   choices=["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "openvino", "executorch",
+                            "ncnn", "peer_ort", "peer_openvino", "onnxruntime_plain", "all"],
                    help="eager_nchw: the model as written; eager: BN folded + channels_last; compile: torch.compile; "
-                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); onnxruntime_plain: "
-                        "the baseline without lightseg (plain torch.onnx.export, default ONNX Runtime); all: each of them, "
-                        "timed together")
+                        "onnxruntime: fp32 ONNX; onnxruntime_int8: int8 static quantisation (CPU); openvino (default "
+                        "precision: bf16 on CPUs with AVX512_BF16/AMX, else f32), executorch (XNNPACK), ncnn: lightseg's "
+                        "export in those runtimes (extras); peer_ort (formerly onnxruntime_plain), peer_openvino: what a "
+                        "user runs without lightseg (plain torch.onnx.export, the runtime's defaults); all: each of them "
+                        "installed, timed together, the fastest whose argmax agrees with fp32 PyTorch on >= 99%% marked")
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="eager backends: the arithmetic type (float16 is for CUDA)")
     s.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
@@ -315,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("export", help="export a model to ONNX (with a parity check against PyTorch)")
+    s = sub.add_parser("export", help="export a model to ONNX, OpenVINO, ExecuTorch or ncnn (with a parity check against PyTorch)")
     s.add_argument("--model", default=None, help="model name (optional with a lightseg checkpoint, which names it)")
     s.add_argument("--checkpoint", default=None, metavar="CKPT", help="trained weights (default: random weights)")
     s.add_argument("--weights", default=None, metavar="NAME", help="instead of --checkpoint: weights shipped with lightseg")
@@ -326,7 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s, "the parity check")
     _add_calibration_args(s)
     _add_int8_mode_arg(s)
-    s.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    s.add_argument("--format", default=None, choices=["onnx", "openvino", "executorch", "ncnn"],
+                   help="onnx (.onnx), openvino (.xml + .bin), executorch (.pte, XNNPACK) or ncnn (.ncnn.param + .ncnn.bin); "
+                        "default: what -o's name says, else onnx. OpenVINO, ExecuTorch and ncnn are extras: "
+                        "pip install 'lightseg[openvino]' (or executorch, ncnn)")
+    s.add_argument("--precision", default=None, choices=["f32", "fp16"],
+                   help="ncnn only: f32 (default; fp32 weights and arithmetic, as PyTorch) or fp16 (fp16 weights and "
+                        "ncnn's fp16 storage: half the file, looser parity)")
+    s.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="the file to write: model.onnx, model.xml, model.pte or model.ncnn.param; the model's name, "
+                        "classes, palette and normalisation go into it (or beside it as FILE.json), so "
+                        "lightseg predict --checkpoint FILE runs it alone")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="segment images, a folder, a glob, a video, a camera or a stream")
@@ -337,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, metavar="SOURCE",
                    help="an image, a folder, a glob ('imgs/*.png'), a video file, a camera index (0) or a stream URL")
     s.add_argument("--output", default="predictions", metavar="DIR", help="output folder (default predictions)")
-    s.add_argument("--backend", default="eager", choices=["eager", "onnxruntime", "onnxruntime_int8"],
-                   help="what runs the model: PyTorch, fp32 ONNX Runtime or int8 ONNX Runtime (CPU)")
+    _add_run_backend_args(s, "--size (default the model's paper size)")
     _add_device(s)
     s.add_argument("--size", nargs=2, type=_side, default=None, metavar=("H", "W"), help="resize inputs to H W before the model")
     s.add_argument("--batch", type=_positive_int, default=1, help="images per model call (same-size images; default 1)")

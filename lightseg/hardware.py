@@ -98,3 +98,9 @@ def cpu_info() -> CpuInfo:
     except OSError:
         pass
     return _from_numpy(arch)
+
+
+def cpu_has_bf16(cpu: CpuInfo | None = None) -> bool:
+    """Whether the CPU has bfloat16 arithmetic: AVX512_BF16 or AMX-BF16 (x86), BF16 (ARM, Linux: ``bf16``)."""
+    cpu = cpu or cpu_info()
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & cpu.flags)

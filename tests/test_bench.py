@@ -1,5 +1,6 @@
 """Benchmark timing, MAC/FLOP labelling, memory and the `lightseg bench` command."""
 import json
+import sys
 
 import pytest
 import torch
@@ -91,15 +92,29 @@ def test_peak_memory_sees_an_allocation():
 CEILING = {"fp32_gflops": 200.0, "copy_gb_s": 10.0, "best_kernel": "a conv", "threads": 2}
 
 
+ALL_ROWS = ["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn",
+            "peer_ort", "peer_openvino"]
+
+
+@pytest.mark.slow  # builds ten paths, among them the ExecuTorch and ncnn exports
 def test_backends_timed_together_with_plain_baseline_and_roofline(monkeypatch, capsys):
+    for package in ("openvino", "executorch", "ncnn", "pnnx"):
+        pytest.importorskip(package)
     monkeypatch.setattr(bench, "measure_peak", lambda device="cpu": dict(CEILING))
     assert main(["bench", "--model", "rdsnet", "--size", "64", "64", "--backend", "all", "--warmup", "0", "--runs", "3",
                  "--roofline", "--json"]) == 0
     out = capsys.readouterr().out
     records = [json.loads(line) for line in out.splitlines()]  # nothing but JSON Lines on stdout
-    assert [r["backend"] for r in records] == ["eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8",
-                                               "onnxruntime_plain"]
-    plain = records[-1]
+    assert [r["backend"] for r in records] == ALL_ROWS  # every row, lightseg's paths and the peers
+    plain = records[ALL_ROWS.index("peer_ort")]
+    # one row marked: the fastest of those whose argmax agrees with fp32 PyTorch on >= 99% of the random input
+    marked = [r for r in records if r["fastest"]]
+    agreeing = [r for r in records if r["argmax_agreement"] >= 99.0]
+    assert len(marked) == 1 and marked[0] is min(agreeing, key=lambda r: r["latency_ms_median"])
+    assert records[0]["argmax_agreement"] == 100.0 and all(r["agreement_min"] == 99.0 for r in records)
+    from lightseg.deploy.format_openvino import default_precision
+
+    assert records[ALL_ROWS.index("openvino")]["precision"] == default_precision()
     for r in records:
         for key in ["model", "backend", "size", "params", "macs", "latency_ms_median", "latency_ms_p90", "fps"]:
             assert key in r
@@ -120,13 +135,51 @@ def test_backends_timed_together_with_plain_baseline_and_roofline(monkeypatch, c
     int8 = records[4]
     assert int8["int8_mode"] == choose_int8_mode()[0] and 0 <= int8["int8_argmax_agreement"] <= 100 and int8["int8_rel_error"] >= 0
     summary = records[0]["model_summary"]
-    fp32 = [r for r in records[:4]]
+    fp32 = [r for r in records if r["backend"] not in ("onnxruntime_int8", "peer_ort", "peer_openvino")]
     assert summary["best_fp32"]["backend"] == min(fp32, key=lambda r: r["latency_ms_median"])["backend"]
     table = format_table(records, zoo=True)
     assert "FLOPs = 2 x MACs" in table and "not comparable" in table and "1.00x" in table and "x plain" in table
+    assert f"{marked[0]['backend']} *" in table and ">= 99% of the pixels" in table
     assert "onnxruntime_int8: int8 static quantisation, mode " + int8["int8_mode"] in table  # a different model, labelled
     roof = bench.format_roofline(records, CEILING)
     assert "200.0 GFLOP/s" in roof and "rdsnet" in roof and summary["best_fp32"]["backend"] in roof
+
+
+def _record(backend, ms, agree):
+    return {"model": "m", "backend": backend, "size": [64, 64], "params": 1, "macs": 1, "flops": 2, "latency_ms_median": ms,
+            "latency_ms_p90": ms, "fps": 1000 / ms, "achieved_gflops": 0.0, "argmax_agreement": agree}
+
+
+def test_fastest_mark_skips_paths_that_disagree_with_pytorch():
+    records = [_record("eager", 10.0, 100.0), _record("onnxruntime_int8", 2.0, 98.9), _record("openvino", 4.0, 99.5),
+               _record("ncnn", 3.0, 97.0)]
+    assert bench.mark_fastest(records)["backend"] == "openvino"  # int8 and ncnn are faster but below 99%
+    assert [r["fastest"] for r in records] == [False, False, True, False]
+    lines = format_table(records).splitlines()
+    assert [line.split()[1:3] for line in lines[2:6]] == [["eager", "64x64"], ["onnxruntime_int8", "64x64"],
+                                                        ["openvino", "*"], ["ncnn", "64x64"]]
+    assert any(">= 99% of the pixels" in line for line in lines)
+    assert bench.mark_fastest([_record("a", 1.0, 50.0)]) is None  # none agrees: none is marked
+
+
+def test_a_backend_without_its_extra_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: find_spec None, import fails
+    assert main(["bench", "--model", "mininet_95k", "--size", "64", "64", "--backend", "openvino"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'lightseg[openvino]'" in err and "Traceback" not in err, err
+    seen = []
+    monkeypatch.setattr(bench, "benchmark_backends", lambda name, backends, size, **kw: seen.extend(backends) or [
+        _record(b, 1.0, 100.0) for b in backends])
+    assert main(["bench", "--model", "mininet_95k", "--size", "64", "64", "--backend", "all"]) == 0
+    err = capsys.readouterr().err
+    installed = [b for b in ALL_ROWS if bench.missing_extra_line(b) is None]
+    assert seen == installed and "openvino" not in seen and "peer_openvino" not in seen
+    skipped = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == len(ALL_ROWS) - len(installed)
+    assert [line for line in skipped if "openvino" in line.split(":")[0]] == [
+        f"skipped {b}: needs openvino, which is not installed: pip install 'lightseg[openvino]'" for b in ("openvino", "peer_openvino")]
+    assert main(["bench", "--model", "mininet_95k", "--size", "64", "64", "--backend", "onnxruntime_plain"]) == 0
+    assert seen[-1] == "peer_ort"  # the earlier name of the peer still works
 
 
 def test_time_interleaved_alternates_and_follows_budget(clock):

@@ -213,7 +213,9 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
 
 
 # ------------------------------------------------------------------ structure
-DEPLOY_LAYERS = {"fuse": 0, "quantize": 0, "roofline": 0, "export": 1, "runtime": 2, "segmenter": 3, "predict": 4, "bench": 4, "commands": 4}
+DEPLOY_LAYERS = {"fuse": 0, "quantize": 0, "roofline": 0, "metadata": 0, "timing": 0, "export": 1, "format_openvino": 2,
+                 "format_executorch": 2, "format_ncnn": 2, "runtime": 3, "auto": 4, "segmenter": 5, "predict": 6,
+                 "bench": 6, "commands": 6}
 
 
 def _deploy_imports(path: Path):

@@ -3,7 +3,7 @@
 Method: the input is created once, outside the timed region. Each backend is built and warmed up in turn
 (``warmup`` untimed calls), then all of a model's backends are timed together in rounds, one call of each per
 round, the order reversed every other round: on a shared machine the load drifts, and interleaving spreads it
-over every backend alike, so their ratios hold (the ratio to ``onnxruntime_plain`` is the median of the
+over every backend alike, so their ratios hold (the ratio to ``peer_ort`` is the median of the
 per-round ratios). Each call is timed with ``time.perf_counter`` (``torch.cuda.synchronize()`` before reading
 the clock on CUDA) under ``torch.inference_mode()``. FPS = batch * 1000 / median latency (ms).
 MACs are multiply-accumulates of the conv and linear layers (:mod:`lightseg.profile`); FLOPs = 2 x MACs.
@@ -11,13 +11,21 @@ When ``warmup``/``runs`` are not given they are chosen from a time budget: warm-
 consecutive ones agree within 10% (the first includes one-off work such as ``torch.compile``), then as
 many rounds as fit ``budget_s`` per backend (3..100).
 
-``onnxruntime_plain`` is the baseline a user has without lightseg: the model as written through plain
-``torch.onnx.export`` into an ONNX Runtime session with default options and the same thread count.
+The peers are what a user runs without lightseg: ``peer_ort`` (called ``onnxruntime_plain`` before; the name
+still works) is the model as written through plain ``torch.onnx.export`` into an ONNX Runtime session with
+default options, ``peer_openvino`` the same export through ``openvino.convert_model`` compiled with OpenVINO's
+defaults (its own precision choice), both with the same thread count.
+``openvino``, ``executorch`` and ``ncnn`` are lightseg's exports run by those runtimes (:mod:`.runtime`);
+``openvino`` at its default precision (bf16 only on CPUs with AVX512_BF16 or AMX, f32 elsewhere). A backend
+whose optional runtime is not installed is left out of ``--backend all`` with one line naming its pip extra.
+Every row carries its argmax agreement with fp32 PyTorch (``eager_nchw``) on the benchmark's random input; the
+fastest row whose agreement is at least :data:`AGREEMENT_MIN` % is marked (``fastest: true``).
 The roofline (``--roofline``, :mod:`.roofline`) bounds each model's latency on this machine from its FLOPs and
 the minimum bytes its exported graph moves; efficiency = bound / measured latency.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -30,7 +38,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import LightsegError
+from .auto import AGREEMENT_MIN, NEEDS, argmax_agreement, missing_extra_line  # noqa: F401
 from .runtime import BACKENDS, ONNX_BACKENDS, Runtime, resolve_device, resolve_dtype
+from .timing import time_callable, time_interleaved
 
 PAPER_HARDWARE_NOTE = "paper FPS were measured on the papers' own hardware (GPU), not comparable with this machine"
 # --all-models must finish in < 10 minutes on a 2-core CPU: a time budget per (model, backend).
@@ -38,61 +48,13 @@ ZOO_BUDGET_S = 6.0
 # int8 timing: the quantisation ranges do not change which kernels run, so two synthetic calibration scenes
 # suffice (calibration runs the model at full size; 8 scenes took 3 of the zoo table's 8 minutes).
 BENCH_CALIBRATION_COUNT = 2
-PLAIN = "onnxruntime_plain"
-BENCH_BACKENDS = (*BACKENDS, PLAIN)
+PLAIN = "peer_ort"
+PEER_OPENVINO = "peer_openvino"
+PEERS = (PLAIN, PEER_OPENVINO)
+ALIASES = {"onnxruntime_plain": PLAIN}  # the name of peer_ort in earlier lightseg versions
+BENCH_BACKENDS = (*BACKENDS, *PEERS)
 FP32_ONNX = ("onnxruntime", PLAIN)
-
-
-# ---------------------------------------------------------------------- timing
-def time_callable(fn, warmup=None, runs=None, sync=None, budget_s=5.0, min_runs=3, max_runs=100):
-    """Latencies in ms of ``runs`` timed calls of ``fn()`` after ``warmup`` untimed ones.
-
-    ``None`` counts are chosen from ``budget_s``: warm-up until two consecutive calls agree within 10%,
-    then as many runs as fit the budget (``min_runs``..``max_runs``). Returns ``(latencies_ms, warmup_used)``.
-    """
-    sync = sync or (lambda: None)
-
-    def one():
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return (time.perf_counter() - t0) * 1000.0
-
-    if warmup is None:
-        # Warm up until two consecutive calls agree within 10% (first-call allocations, kernel selection and
-        # compilation are over), with at least 2 and at most 10 calls or 30% of the budget.
-        warm = [one(), one()]
-        while (len(warm) < 10 and abs(warm[-1] - warm[-2]) > 0.1 * min(warm[-2:])
-               and sum(warm) < 0.3 * budget_s * 1000):
-            warm.append(one())
-    else:
-        warm = [one() for _ in range(warmup)]
-    if runs is None:
-        if not warm:
-            warm.append(one())
-        est = min(warm[-2:])
-        runs = int(min(max_runs, max(min_runs, budget_s * 1000 / max(est, 1e-3))))
-    warmup_used = len(warm)
-    return [one() for _ in range(runs)], warmup_used
-
-
-def time_interleaved(fns: dict, estimates_ms: dict, runs=None, sync=None, budget_s=5.0, min_runs=3, max_runs=100) -> dict:
-    """Latencies (ms) of already warmed-up callables, timed in rounds: one call of each per round, in reverse
-    order every other round. ``runs`` None: as many rounds as ``budget_s`` per callable allows, from
-    ``estimates_ms`` (one latency each), within ``min_runs``..``max_runs``."""
-    sync = sync or (lambda: None)
-    names = list(fns)
-    if runs is None:
-        per_round = sum(max(estimates_ms[n], 1e-3) for n in names)
-        runs = int(min(max_runs, max(min_runs, budget_s * 1000 * len(names) / per_round)))
-    lat = {n: [] for n in names}
-    for i in range(runs):
-        for n in (names if i % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[n]()
-            sync()
-            lat[n].append((time.perf_counter() - t0) * 1000.0)
-    return lat
+CPU_ONLY = ("onnxruntime_int8", "openvino", "executorch", "ncnn", *PEERS)
 
 
 # ---------------------------------------------------------------------- memory
@@ -191,10 +153,12 @@ def machine_info() -> dict:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "omp_wait_policy_set_by_lightseg": _omp_defaulted(),
             "python": platform.python_version(),
             "torch": torch.__version__, "numpy": numpy.__version__}
-    for lib in ("onnxruntime", "onnx"):
+    from importlib import metadata
+
+    for lib in ("onnxruntime", "onnx", "openvino", "executorch", "ncnn"):
         try:
-            info[lib] = __import__(lib).__version__
-        except ImportError:  # pragma: no cover - the deploy extra is not installed
+            info[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:  # the extra is not installed
             info[lib] = None
     if hasattr(os, "getloadavg"):
         info["loadavg_1m"] = round(os.getloadavg()[0], 2)
@@ -213,7 +177,9 @@ def format_machine(info) -> str:
     return (f"machine: {info['cpu']} ({info['arch']}: {' '.join(info['isa']) or 'no AVX2/AVX-512/VNNI/AMX/dotprod'}), "
             f"{info['cores']} cores, {info['torch_threads']} torch / {info['onnxruntime_threads']} onnxruntime threads, "
             f"OMP_WAIT_POLICY={info['omp_wait_policy'] or 'unset'}; python {info['python']}, torch {info['torch']}, "
-            f"onnxruntime {info['onnxruntime']}, onnx {info['onnx']}, numpy {info['numpy']}; "
+            f"onnxruntime {info['onnxruntime']}, onnx {info['onnx']}, "
+            + "".join(f"{k} {info[k]}, " for k in ("openvino", "executorch", "ncnn") if info.get(k))
+            + f"numpy {info['numpy']}; "
             f"load average {info.get('loadavg_1m', '-')}")
 
 
@@ -241,6 +207,37 @@ class PlainOnnxRuntime:
     def __call__(self, images):
         out = self.session.run(None, {self.session.get_inputs()[0].name: images.detach().cpu().numpy()})[0]
         return torch.from_numpy(out)
+
+
+class PeerOpenVINO:
+    """What a user runs with OpenVINO alone: ``torch.onnx.export`` of the model as written, converted in memory
+    by ``openvino.convert_model`` and compiled for the CPU with OpenVINO's defaults (its own precision choice and
+    performance hint) and ``num_threads`` inference threads."""
+
+    def __init__(self, model, num_threads=None):
+        self.model, self.num_threads, self.request = model, num_threads or torch.get_num_threads(), None
+
+    def prepare(self, shape):
+        import tempfile
+        from pathlib import Path
+
+        from .export import export_to_bytes
+        from .format_openvino import _openvino
+
+        ov = _openvino()
+        with torch.inference_mode(False):
+            data = export_to_bytes(self.model, shape[2:], batch=shape[0], fuse=False)
+        with tempfile.TemporaryDirectory(prefix="lightseg-") as work:
+            onnx_path = Path(work) / "model.onnx"
+            onnx_path.write_bytes(data)
+            compiled = ov.Core().compile_model(ov.convert_model(str(onnx_path)), "CPU",
+                                               {"INFERENCE_NUM_THREADS": int(self.num_threads)})
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, images):
+        self.request.infer({0: np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
 def _int8_agreement(net, runner, size, batch):
@@ -273,7 +270,7 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
     from ..profile import count_macs, count_params
 
     for backend in backends:
-        if backend not in BENCH_BACKENDS:
+        if ALIASES.get(backend, backend) not in BENCH_BACKENDS:
             raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BENCH_BACKENDS)}")
     dev = resolve_device(device)
     resolve_dtype(dtype)
@@ -289,8 +286,13 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
         size = tuple(size)
     if batch < 1:
         raise LightsegError(f"batch must be >= 1, got {batch}")
-    if PLAIN in backends and dev.type != "cpu":
-        raise LightsegError(f"{PLAIN} is the CPU baseline; drop it for --device {dev.type}")
+    backends = [ALIASES.get(b, b) for b in backends]
+    for backend in backends:
+        if backend in CPU_ONLY and dev.type != "cpu":
+            raise LightsegError(f"{backend} runs on the CPU; drop it for --device {dev.type}")
+        line = missing_extra_line(backend)
+        if line:
+            raise LightsegError(line)
     net.eval()
     params = count_params(net)
     macs = count_macs(net, size, batch=batch, device="meta")
@@ -307,6 +309,8 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
         t0 = time.perf_counter()
         if backend == PLAIN:
             runner = PlainOnnxRuntime(net, spinning=ort_spinning)
+        elif backend == PEER_OPENVINO:
+            runner = PeerOpenVINO(net)
         else:
             runner = Runtime(net, backend=backend, device=dev, input_size=size, dtype=dtype,
                              calibration_count=BENCH_CALIBRATION_COUNT, ort_spinning=ort_spinning)
@@ -319,6 +323,10 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
     log(f"  {name}: timing {', '.join(backends)} " + (f"in alternating rounds ({runs} each) ..." if runs else
                                                        f"in alternating rounds (about {budget_s:.0f} s each) ..."))
     lat = time_interleaved({b: (lambda r=r: r(x)) for b, r in runners.items()}, est, runs=runs, sync=sync, budget_s=budget_s)
+    with torch.inference_mode():  # fp32 PyTorch on the CPU, the model as written: what every path is compared with
+        reference = copy.deepcopy(net).float().cpu()(x.float().cpu())
+        reference = (reference["out"] if isinstance(reference, dict) else reference).float()
+    agreement = {b: argmax_agreement(reference, r(x).float().cpu()) for b, r in runners.items()}
 
     machine = machine_info()
     bounds = None
@@ -340,8 +348,11 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
             "peak_mem_mb": round(mem[backend], 1) if mem[backend] is not None else None,
             "achieved_gflops": _sig(2 * macs / (median / 1000.0) / 1e9),
             "threads": torch.get_num_threads(), "machine": machine,
-            "ort_spinning": ort_spinning if "onnxruntime" in backend else None,
+            "ort_spinning": ort_spinning if "onnxruntime" in backend or backend == PLAIN else None,
+            "argmax_agreement": agreement[backend], "agreement_min": AGREEMENT_MIN,
         }
+        if getattr(runners[backend], "precision", None):
+            record["precision"] = runners[backend].precision
         if PLAIN in lat:
             # paired: the same rounds, so the load each saw was alike
             record["vs_plain"] = _sig(statistics.median(p / b for p, b in zip(lat[PLAIN], lat[backend])), 3)
@@ -361,7 +372,18 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
             record["paper_fps"] = info.paper_fps
             record["paper_hardware"] = info.paper_hardware
         records.append(record)
+    mark_fastest(records)
     return records
+
+
+def mark_fastest(records) -> dict | None:
+    """Mark (``fastest: true``) the quickest of one model's records whose argmax agreement with fp32 PyTorch is
+    at least :data:`AGREEMENT_MIN` %; the others get ``fastest: false``. Returns the marked record, or None."""
+    ok = [r for r in records if r.get("argmax_agreement", 0.0) >= AGREEMENT_MIN]
+    best = min(ok, key=lambda r: r["latency_ms_median"]) if ok else None
+    for r in records:
+        r["fastest"] = r is best
+    return best
 
 
 def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=None, runs=None,
@@ -373,8 +395,8 @@ def benchmark(model, size=None, batch=1, device="cpu", backend="eager", warmup=N
 
 def best_paths(records) -> dict:
     """lightseg's fastest fp32 backend and fastest backend overall (int8 included) for one model's records,
-    with their paired ratio to ``onnxruntime_plain`` and roofline efficiency."""
-    ours = [r for r in records if r["backend"] != PLAIN]
+    with their paired ratio to ``peer_ort`` and roofline efficiency."""
+    ours = [r for r in records if r["backend"] not in PEERS]
     out = {}
     for key, pool in (("best_fp32", [r for r in ours if r["backend"] != "onnxruntime_int8"]), ("best", ours)):
         if pool:
@@ -392,28 +414,35 @@ def _fmt(v, spec, dash="-"):
 def format_table(records, zoo=False) -> str:
     plain = any("vs_plain" in r for r in records)
     roof = any("roofline_efficiency" in r for r in records)
+    marked = any(r.get("fastest") for r in records) and len(records) > 1
     head = (f"{'model':30s} {'backend':17s} {'input':>9s} {'params(M)':>9s} {'GMACs':>7s} {'median ms':>9s} "
             f"{'p90 ms':>8s} {'FPS':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'mem MB':>7s} {'speed-up':>8s}")
     head += f" {'x plain':>7s}" if plain else ""
     head += f" {'%roof':>6s}" if roof else ""
+    head += f" {'agree%':>7s}" if marked else ""
     if zoo:
         head += f" {'paper FPS':>9s}  paper hardware"
     lines = [head, "-" * len(head)]
     for r in records:
         share, eff = r.get("share_of_peak"), r.get("roofline_efficiency")
-        line = (f"{r['model'][:30]:30s} {r['backend']:17s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['params'] / 1e6:9.3f} "
+        backend = r["backend"] + (" *" if marked and r.get("fastest") else "")
+        line = (f"{r['model'][:30]:30s} {backend:17s} {r['size'][0]:>4d}x{r['size'][1]:<4d} {r['params'] / 1e6:9.3f} "
                 f"{r['macs'] / 1e9:7.2f} {r['latency_ms_median']:9.1f} {r['latency_ms_p90']:8.1f} {r['fps']:7.2f} "
                 f"{r['achieved_gflops']:8.1f} {_fmt(None if share is None else 100 * share, '6.1f'):>6s} "
                 f"{_fmt(r.get('peak_mem_mb'), '7.0f'):>7s} {_fmt(r.get('speedup_vs_eager_nchw'), '7.2f') + ('x' if r.get('speedup_vs_eager_nchw') else ''):>8s}")
         line += f" {_fmt(r.get('vs_plain'), '6.2f') + ('x' if r.get('vs_plain') else ''):>7s}" if plain else ""
         line += f" {_fmt(None if eff is None else 100 * eff, '6.1f'):>6s}" if roof else ""
+        line += f" {_fmt(r.get('argmax_agreement'), '7.2f'):>7s}" if marked else ""
         if zoo:
             line += f" {_fmt(r.get('paper_fps'), '9.1f'):>9s}  {r.get('paper_hardware') or '-'}"
         lines.append(line)
     lines.append("MACs = multiply-accumulates (conv + linear), FLOPs = 2 x MACs; GFLOP/s = FLOPs / median latency; "
                  "%peak = share of this machine's fp32 ceiling (--peak); speed-up vs eager_nchw"
-                 + ("; x plain = paired ratio to onnxruntime_plain (plain torch.onnx.export + default ONNX Runtime)" if plain else "")
+                 + ("; x plain = paired ratio to peer_ort (plain torch.onnx.export + default ONNX Runtime)" if plain else "")
                  + ("; %roof = roofline bound / median latency" if roof else "") + ".")
+    if marked:
+        lines.append(f"* fastest path whose argmax agrees with fp32 PyTorch (eager_nchw) on >= {AGREEMENT_MIN:g}% of the "
+                     f"pixels of the benchmark's random input (agree%); a path below that is never marked.")
     int8 = [r for r in records if r["backend"] == "onnxruntime_int8"]
     if int8:
         lines.append(f"onnxruntime_int8: int8 static quantisation, mode {', '.join(sorted({str(r.get('int8_mode')) for r in int8}))}, "
@@ -474,14 +503,22 @@ def bench_command(args) -> list:
         raise LightsegError(f"--batch must be >= 1, got {args.batch}")
     device = resolve_device(args.device)  # auto: CUDA, then MPS, then the CPU
     if args.backend == "all":
-        backends = [*BACKENDS, PLAIN] if not args.all_models else ["eager_nchw", "onnxruntime", "onnxruntime_int8"]
+        backends = [*BACKENDS, *PEERS] if not args.all_models else ["eager_nchw", "onnxruntime", "onnxruntime_int8"]
         if device.type != "cpu":
-            backends = [b for b in backends if b not in ("onnxruntime_int8", PLAIN)]  # CPU paths
+            backends = [b for b in backends if b not in CPU_ONLY]  # CPU paths
+        for b in list(backends):
+            line = missing_extra_line(b)
+            if line:  # what is not installed is left out, with the one line that installs it
+                _log(f"skipped {line}")
+                backends.remove(b)
     else:
-        backends = [args.backend]
-    if args.dtype != "float32" and any(b in (*ONNX_BACKENDS, PLAIN) for b in backends):
+        backends = [ALIASES.get(args.backend, args.backend)]
+        line = missing_extra_line(backends[0])
+        if line:
+            raise LightsegError(line)
+    if args.dtype != "float32" and any(b in (*ONNX_BACKENDS, *CPU_ONLY) for b in backends):
         if args.backend == "all":
-            backends = [b for b in backends if b not in (*ONNX_BACKENDS, PLAIN)]
+            backends = [b for b in backends if b not in (*ONNX_BACKENDS, *CPU_ONLY)]
         else:
             raise LightsegError(f"the {args.backend} backend runs float32 only; drop --dtype or use --backend eager")
 

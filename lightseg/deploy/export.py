@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import time
 import warnings
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from ..errors import LightsegError
 from .fuse import prepare_for_inference
 
-# Parity thresholds of the project: logits within 1e-3, argmax equal on >= 99.9% of pixels.
+# Parity thresholds of the fp32 exports: logits within 1e-3, argmax equal on >= 99.9% of pixels.
 PARITY_MAX_ABS = 1e-3
 PARITY_MIN_AGREEMENT = 99.9
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -107,8 +108,11 @@ def ort_session(model_bytes_or_path, device="cpu", num_threads=None, spinning=No
     return ort.InferenceSession(src, sess_options=opts, providers=providers)
 
 
-def parity(model: nn.Module, session, input_size, batch=1, seed=0, x=None) -> dict:
-    """Compare ``session`` with the (unfused, eval-mode) PyTorch ``model`` on one random input (or ``x``)."""
+def compare(model: nn.Module, run, input_size, batch=1, seed=0, x=None, max_abs=PARITY_MAX_ABS,
+            min_agreement=PARITY_MIN_AGREEMENT) -> dict:
+    """Compare ``run`` (float32 NCHW numpy in, logits numpy out: any exported format) with the (unfused,
+    eval-mode) PyTorch ``model`` on one random input (or ``x``); ``ok`` when the largest logit difference is
+    within ``max_abs`` and the argmax agrees on at least ``min_agreement`` % of the pixels."""
     h, w = input_size
     if x is None:
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
@@ -119,19 +123,33 @@ def parity(model: nn.Module, session, input_size, batch=1, seed=0, x=None) -> di
             ref = model(x.to(next(model.parameters()).device)).float().cpu().numpy()
     finally:
         model.train(was_training)
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    out = np.asarray(run(np.ascontiguousarray(x.numpy())))
     if out.shape != ref.shape:
         return {"size": [h, w], "batch": batch, "shape_ok": False, "onnx_shape": list(out.shape),
                 "torch_shape": list(ref.shape), "max_abs_diff": float("inf"), "argmax_agreement": 0.0, "ok": False}
     diff = float(np.abs(out - ref).max())
     agree = float((out.argmax(1) == ref.argmax(1)).mean() * 100.0)
-    ok = diff <= PARITY_MAX_ABS and agree >= PARITY_MIN_AGREEMENT
-    return {"size": [h, w], "batch": batch, "shape_ok": True, "max_abs_diff": diff, "argmax_agreement": agree, "ok": ok}
+    ok = diff <= max_abs and agree >= min_agreement
+    return {"size": [h, w], "batch": batch, "shape_ok": True, "max_abs_diff": diff, "argmax_agreement": agree,
+            "max_abs_allowed": max_abs, "min_agreement": min_agreement, "logit_abs_max": float(np.abs(ref).max()), "ok": ok}
+
+
+def parity(model: nn.Module, session, input_size, batch=1, seed=0, x=None) -> dict:
+    """:func:`compare` for an ONNX Runtime ``session``, at the ONNX tolerance."""
+    return compare(model, lambda a: session.run(None, {session.get_inputs()[0].name: a})[0], input_size, batch, seed, x)
+
+
+def print_checks(checks, what="parity") -> None:
+    """The parity lines export prints: size, max |logit diff|, argmax agreement, OK or FAILED."""
+    for c in checks:
+        shape = "" if c["shape_ok"] else f" SHAPE MISMATCH exported {c['onnx_shape']} vs torch {c['torch_shape']}"
+        print(f"{what} {c['batch']}x3x{c['size'][0]}x{c['size'][1]}: max |logit diff| {c['max_abs_diff']:.2e}, "
+              f"argmax agreement {c['argmax_agreement']:.3f}%{shape} -> {'OK' if c['ok'] else 'FAILED'}")
 
 
 def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, opset=17, check=True, verbose=True,
                 int8=False, calibration=None, calibration_count=None, normalize="imagenet", int8_mode=None,
-                device="cpu") -> dict:
+                device="cpu", metadata=None) -> dict:
     """Export ``model`` to ``path`` (atomic write) and check ONNX Runtime against PyTorch.
 
     Returns ``{"path", "input_size", "dynamic", "opset", "bytes", "export_s", "checks": [...],
@@ -145,6 +163,8 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
     ``int8_mode``: the weight format (:data:`.quantize.INT8_MODES`); ``None`` = the one this CPU needs, so give
     the deployment CPU's when it differs (``result["int8_mode"]``, also in the file's metadata).
     ``device``: where the parity check runs, PyTorch and ONNX Runtime alike (:func:`onnx_device`).
+    ``metadata``: a :func:`.metadata.build_metadata` dict, stored in the file's ``metadata_props`` (with the
+    precision and int8 mode filled in), so lightseg runs the file with no other argument.
     """
     from ..checkpoint import atomic_write_bytes
 
@@ -164,6 +184,11 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
             print(f"int8 mode {mode} ({reason})")
     elif int8_mode not in (None, "auto"):
         raise LightsegError(f"an int8 mode ({int8_mode!r}) applies to int8 export; add --int8 or drop --int8-mode")
+    if metadata is not None:
+        from .metadata import onnx_with_metadata
+
+        data = onnx_with_metadata(data, {**metadata, "format": "onnx", "precision": "int8" if int8 else "f32",
+                                         "int8_mode": mode, "dynamic": bool(dynamic)})
     path = atomic_write_bytes(path, lambda f: f.write(data))
     result = {"path": str(path), "input_size": [h, w], "dynamic": bool(dynamic), "opset": opset, "int8": bool(int8),
               "int8_mode": mode, "bytes": len(data), "export_s": time.perf_counter() - t0, "checks": []}
@@ -186,8 +211,64 @@ def export_onnx(model: nn.Module, path, input_size=(512, 1024), dynamic=False, o
         result["argmax_agreement"] = min(c["argmax_agreement"] for c in result["checks"])
         result["ok"] = all(c["ok"] for c in result["checks"])
         if verbose:
-            for c in result["checks"]:
-                shape = "" if c["shape_ok"] else f" SHAPE MISMATCH onnx {c['onnx_shape']} vs torch {c['torch_shape']}"
-                print(f"parity {c['batch']}x3x{c['size'][0]}x{c['size'][1]}: max |logit diff| {c['max_abs_diff']:.2e}, "
-                      f"argmax agreement {c['argmax_agreement']:.3f}%{shape} -> {'OK' if c['ok'] else 'FAILED'}")
+            print_checks(result["checks"])
     return result
+
+
+# ---------------------------------------------------------------------- the other formats
+def place_files(moves) -> None:
+    """Rename each ``(temporary, final)`` pair into place, companions first and the main file (the first pair)
+    last, so that a reader never finds the main file beside a stale companion; files get the permissions of a
+    newly created one (the temporary folder made them private)."""
+    from ..checkpoint import new_file_mode
+
+    for src, dst in reversed(list(moves)):
+        os.chmod(src, new_file_mode())
+        os.replace(src, dst)
+
+
+def export_files(model: nn.Module, path, input_size, fmt: str, convert, load, companions=(), metadata=None,
+                 tolerance=(PARITY_MAX_ABS, PARITY_MIN_AGREEMENT), check=True, verbose=True, sidecar=True) -> dict:
+    """Export ``model`` to ``path`` in a format other than ONNX and check it against PyTorch.
+
+    ``convert(model, (h, w), workdir, name)`` writes the format's files into ``workdir`` (a temporary folder
+    beside ``path``), the main one called ``name``, and returns its path; ``companions``: the suffixes of the
+    files written beside it (``.bin`` for an OpenVINO ``.xml``). ``metadata`` goes into a sidecar
+    ``<path>.json`` when ``sidecar`` (formats that cannot hold it). Everything lands under its final name only
+    once complete (:func:`place_files`); on failure the folder is removed and nothing already there changes.
+    Then ``load(path)`` (numpy NCHW float32 in, logits out) is compared with the unfused model at
+    ``tolerance`` = (max abs logit difference, min argmax agreement %).
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .metadata import sidecar_path, write_sidecar
+
+    h, w = _check_size(input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with torch.inference_mode(False):
+            main = Path(convert(model, (h, w), work, path.name))
+        moves = [(main, path)]
+        for suffix in companions:
+            stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+            moves.append((main.with_name(main.name[: -len(main.suffix)] + suffix), path.with_name(stem + suffix)))
+        if sidecar and metadata is not None:
+            moves.append((write_sidecar(main, metadata), sidecar_path(path)))
+        place_files(moves)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = sum(dst.stat().st_size for _, dst in moves)
+    result = {"path": str(path), "files": [str(dst) for _, dst in moves], "format": fmt, "input_size": [h, w],
+              "bytes": size, "export_s": time.perf_counter() - t0, "checks": []}
+    if check:
+        c = compare(model, load(path), (h, w), max_abs=tolerance[0], min_agreement=tolerance[1])
+        result.update(checks=[c], max_abs_diff=c["max_abs_diff"], argmax_agreement=c["argmax_agreement"], ok=c["ok"])
+        if verbose:
+            print_checks([c], f"{fmt} parity (tolerance: max |diff| {tolerance[0]:g}, agreement >= {tolerance[1]:g}%)")
+    return result
+

@@ -531,12 +531,18 @@ def build_segmenter(model_name=None, checkpoint=None, weights=None, **kwargs):
         have = sorted({f"--model {r['model']} --weights {r['weights']}" for r in list_weights()})
         hint = f"; shipped weights: {', '.join(have)}" if have else ""
         raise LightsegError(f"no trained model: pass --checkpoint CKPT (a .pt written by lightseg train){hint}")
+    from .metadata import format_of
+
+    if format_of(checkpoint) is not None:  # a file written by lightseg export: its metadata names everything
+        if model_name is not None:
+            raise LightsegError(f"{checkpoint} names its model in its metadata; drop --model")
+        return Segmenter.from_exported(checkpoint, **kwargs)
     return Segmenter.from_checkpoint(checkpoint, model=model_name, **kwargs)
 
 
 def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predictions", backend="eager", size=None,
             device="auto", calibration=None, calibration_count=None, weights=None, batch=1, mode="whole", crop=None,
-            stride=None, show=False, max_frames=None, int8_mode=None) -> dict:
+            stride=None, show=False, max_frames=None, int8_mode=None, precision=None) -> dict:
     """Segment ``input_path`` (see :func:`classify_input`) and write the results to ``output_dir``.
 
     ``size``: (H, W) to resize inputs to before the model (predictions come back at the input's size);
@@ -567,7 +573,7 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
                             "drop --max-frames (every image is segmented), or pass a glob or folder holding fewer images")
     segmenter = build_segmenter(model_name, checkpoint, weights, backend=backend, device=device, size=size,
                                 mode=mode, crop=crop, stride=stride, calibration=calibration,
-                                calibration_count=calibration_count, int8_mode=int8_mode,
+                                calibration_count=calibration_count, int8_mode=int8_mode, precision=precision,
                                 # sleeping ONNX Runtime threads leave the cores to the reader and writer: 2.5x
                                 # the end-to-end frames/s of spinning ones on the shared 2-core machine
                                 ort_spinning=False)
@@ -587,7 +593,7 @@ def predict(model_name=None, checkpoint=None, input_path=None, output_dir="predi
     timing = segmenter.timing()
     return {
         "model": segmenter.name, "checkpoint": str(checkpoint) if checkpoint else None, "weights": weights,
-        "backend": backend, "device": str(segmenter.device), "input": str(input_path), "kind": source.kind,
+        "backend": segmenter.backend, "device": str(segmenter.device), "input": str(input_path), "kind": source.kind,
         "images": len(source.files), "skipped": [str(f) for f in skipped], "frames": frames,
         "frames_declared": declared, "output_dir": str(out_dir), "files": list(dict.fromkeys(written)),
         "normalize": segmenter.normalize, "size": list(size) if size else None, "mode": segmenter.mode, "batch": int(batch),
@@ -617,6 +623,6 @@ def predict_command(args) -> dict:
                       size=tuple(args.size) if args.size else None, device=args.device, calibration=args.calib,
                       calibration_count=args.calib_count, weights=args.weights, batch=args.batch, mode=args.mode,
                       crop=args.crop, stride=args.stride, show=args.show, max_frames=args.max_frames,
-                      int8_mode=args.int8_mode)
+                      int8_mode=args.int8_mode, precision=getattr(args, "precision", None))
     print(describe(summary))
     return summary

@@ -14,6 +14,13 @@ Backends (all return float32 logits (N, C, H, W) as a torch tensor):
   ``calibration`` images, a folder, or the synthetic scenes when none is given). A different numerical
   model: measure its accuracy (``lightseg eval --backend onnxruntime_int8``) before deploying it. Its weight
   format (``int8_mode``) suits this CPU unless another is asked for (:func:`.quantize.choose_int8_mode`).
+* ``openvino``, ``executorch``, ``ncnn``: the model exported to that format (one export per input shape, cached;
+  :mod:`.format_openvino`, :mod:`.format_executorch`, :mod:`.format_ncnn`), run by its runtime on the CPU. Each is
+  an optional extra (``pip install 'lightseg[openvino]'``), imported only when used. ``precision``: OpenVINO's
+  inference precision (default: bf16 on CPUs with bfloat16 arithmetic, else f32), ncnn's f32 or fp16.
+
+A path to an exported file (``.onnx``, ``.xml``, ``.pte``, ``.ncnn.param``) is run as it is by its format's
+backend (``backend=None`` picks it from the name).
 """
 from __future__ import annotations
 
@@ -30,9 +37,37 @@ import torch.nn as nn
 from ..devices import resolve_device
 from ..errors import CheckpointError, LightsegError
 from .export import export_to_bytes, onnx_device, ort_session
+from .metadata import format_of
 
-BACKENDS = ("eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8")
+EXPORTED_BACKENDS = ("openvino", "executorch", "ncnn")
+BACKENDS = ("eager_nchw", "eager", "compile", "onnxruntime", "onnxruntime_int8", *EXPORTED_BACKENDS)
 ONNX_BACKENDS = ("onnxruntime", "onnxruntime_int8")
+FILE_BACKENDS = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch", "ncnn": "ncnn"}
+
+
+def format_module(backend):
+    """The module that exports and runs ``backend``'s format (:mod:`.format_openvino`, ...)."""
+    import importlib
+
+    return importlib.import_module(f".format_{backend}", __package__)
+
+
+def file_backend(path, backend=None) -> str:
+    """The backend that runs the exported file ``path``: its format's (``backend`` None, ``"eager"`` or
+    ``"auto"``: that one); another backend is refused, naming the one to use."""
+    fmt = format_of(path)
+    own = FILE_BACKENDS[fmt]
+    if backend in (None, "eager", "auto", own):
+        return own
+    raise LightsegError(f"{path} is a {fmt} model, which runs with --backend {own}, not {backend!r}"
+                        + ("; for int8, export it with lightseg export --int8" if backend == "onnxruntime_int8" else ""))
+
+
+def load_exported(backend, path, precision=None, num_threads=None):
+    """The runner of an exported file: float32 NCHW numpy in, logits numpy out."""
+    mod = format_module(backend)
+    runner = {"openvino": "OpenVINOModel", "executorch": "ExecuTorchModel", "ncnn": "NcnnModel"}[backend]
+    return getattr(mod, runner)(path, precision=precision, num_threads=num_threads)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -54,16 +89,24 @@ class Runtime:
     folder, or ``None`` for synthetic scenes), how many, the normalisation the model was trained with, and the
     weight format (``None``: the one this CPU needs). ``self.int8_mode`` is the mode used (for an ``.onnx`` file:
     the one recorded in it, if any). ``ort_spinning``: ONNX backends, see :func:`.export.ort_session`.
+    ``precision``: openvino (f32, bf16, fp16; default this CPU's) and ncnn (f32, fp16); ``self.precision`` is
+    the one used.
     """
 
     def __init__(self, model, backend="eager", device="cpu", input_size=None, dtype="float32",
                  channels_last=None, num_threads=None, max_sessions=4, calibration=None,
-                 calibration_count=None, normalize="imagenet", int8_mode=None, ort_spinning=None):
+                 calibration_count=None, normalize="imagenet", int8_mode=None, ort_spinning=None, precision=None):
+        if backend is None and isinstance(model, (str, Path)):
+            backend = FILE_BACKENDS.get(format_of(model), "onnxruntime")
         if backend not in BACKENDS:
             raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
         self.backend = backend
         if backend in ONNX_BACKENDS:
             self.device = onnx_device(device, int8=backend == "onnxruntime_int8")
+        elif backend in EXPORTED_BACKENDS:
+            if str(device) not in ("auto", "cpu"):
+                raise LightsegError(f"the {backend} backend runs on the CPU here; use --device cpu (or auto)")
+            self.device = torch.device("cpu")
         else:
             self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
@@ -73,6 +116,7 @@ class Runtime:
         self._sessions: OrderedDict = OrderedDict()
         self._max_sessions = max_sessions
         self.onnx_path = None
+        self.file_input_size = None  # (H, W) of a static exported file: the only size it takes
         self.calibration, self.normalize = calibration, normalize
         self.calibration_count = calibration_count
         self.int8_mode = None
@@ -83,6 +127,27 @@ class Runtime:
         elif int8_mode not in (None, "auto"):
             raise LightsegError(f"an int8 mode ({int8_mode!r}) applies to backend onnxruntime_int8, not {backend!r}")
 
+        self.precision = None
+        if backend in EXPORTED_BACKENDS:
+            self.precision = format_module(backend).resolve_precision(precision) if backend != "executorch" else "f32"
+        elif precision not in (None, "auto"):
+            raise LightsegError(f"a precision ({precision!r}) applies to the openvino and ncnn backends, not {backend!r}; "
+                                "eager backends take --dtype")
+        if isinstance(model, (str, Path)) and backend in EXPORTED_BACKENDS:
+            path = Path(model)
+            fmt = format_of(path)
+            if FILE_BACKENDS.get(fmt) != backend:
+                raise LightsegError(f"{path}: a {fmt or 'file of unknown'} format file does not run with backend {backend!r}"
+                                    + (f"; use --backend {FILE_BACKENDS[fmt]}" if fmt else ""))
+            if not path.is_file():
+                raise LightsegError(f"{backend} model {str(path)!r} not found")
+            self.onnx_path, self.model = path, None
+            meta = _file_metadata(path)
+            if backend == "ncnn" and precision in (None, "auto") and meta:  # an fp16 export runs as it was checked
+                self.precision = format_module(backend).resolve_precision(meta.get("precision"))
+            self._sessions[None] = load_exported(backend, path, self.precision, num_threads)
+            self.file_input_size = _static_input_size(meta)
+            return
         if isinstance(model, (str, Path)):
             path = Path(model)
             if backend != "onnxruntime":
@@ -97,14 +162,16 @@ class Runtime:
         else:
             raise TypeError(f"Runtime expects an nn.Module or an .onnx path, got {type(model).__name__}")
 
-        if backend in ONNX_BACKENDS:
+        if backend in (*ONNX_BACKENDS, *EXPORTED_BACKENDS):
             if self.dtype != torch.float32:
-                raise LightsegError(f"the {backend} backend runs float32 only; drop --dtype or use an eager backend")
+                raise LightsegError(f"the {backend} backend runs float32 only (input and output); drop --dtype "
+                                    + ("(--precision sets its arithmetic)" if backend in ("openvino", "ncnn") else "or use an eager backend"))
             if self.onnx_path is not None:
                 from .quantize import mode_warning, model_int8_mode
 
                 session = ort_session(self.onnx_path, device=self.device, num_threads=num_threads, spinning=ort_spinning)
                 self._sessions[None] = session
+                self.file_input_size = _static_input_size(_file_metadata(self.onnx_path))
                 self.int8_mode = model_int8_mode(session.get_modelmeta().custom_metadata_map)
                 warning = mode_warning(self.int8_mode) if self.device.type == "cpu" else None
                 if warning:
@@ -126,11 +193,26 @@ class Runtime:
         self._fn = torch.compile(net) if backend == "compile" else net
 
     # ------------------------------------------------------------------ calls
+    def _exported_runner(self, shape):
+        """Export the model to this backend's format at ``shape`` in a temporary folder and load it."""
+        import tempfile
+
+        batch = 1 if self.backend == "ncnn" else shape[0]  # an ncnn Mat holds one image: its runner loops
+        mod = format_module(self.backend)
+        with tempfile.TemporaryDirectory(prefix="lightseg-") as work, torch.inference_mode(False):
+            path = mod.convert(self.model, shape[2:], work, "model" + mod.SUFFIX, batch=batch,
+                               **({"precision": self.precision} if self.backend == "ncnn" else {}))
+            return load_exported(self.backend, path, self.precision, self.num_threads)
+
     def _session_for(self, shape):
         if None in self._sessions:
             return self._sessions[None]
-        key = tuple(shape)
-        if key not in self._sessions:
+        key = tuple(shape) if self.backend != "ncnn" else (1, *shape[1:])
+        if key not in self._sessions and self.backend in EXPORTED_BACKENDS:
+            self._sessions[key] = self._exported_runner(shape)
+            if len(self._sessions) > self._max_sessions:
+                self._sessions.popitem(last=False)
+        elif key not in self._sessions:
             # Static shapes: every resize and pooling size is a constant ORT can plan around, and models
             # that compute sizes in Python (adaptive pooling by aspect ratio) stay exact.
             # The export traces the model: it needs autograd-visible tensors even when called under inference_mode.
@@ -150,18 +232,28 @@ class Runtime:
         return self._sessions[key]
 
     def prepare(self, shape):
-        """Build what a first call with input ``shape`` (N, 3, H, W) would build (the ONNX export)."""
-        if self.backend in ONNX_BACKENDS:
+        """Build what a first call with input ``shape`` (N, 3, H, W) would build (the export)."""
+        if self.backend in (*ONNX_BACKENDS, *EXPORTED_BACKENDS):
             self._session_for(shape)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError(f"Runtime expects an (N, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
-        if self.backend in ONNX_BACKENDS:
+        if self.file_input_size is not None:
+            if tuple(images.shape[2:]) != self.file_input_size:
+                h, w = self.file_input_size
+                raise LightsegError(
+                    f"{self.onnx_path} was exported for {h}x{w} input and is given {images.shape[2]}x{images.shape[3]}: "
+                    f"export it again with --size {images.shape[2]} {images.shape[3]} (or --dynamic, ONNX), or run it "
+                    f"on {h}x{w} windows (--mode slide --crop {h} {w})")
+            if images.shape[0] > 1:  # a static export takes one image per call
+                return torch.cat([self(images[i:i + 1]) for i in range(images.shape[0])])
+        if self.backend in (*ONNX_BACKENDS, *EXPORTED_BACKENDS):
             session = self._session_for(images.shape)
             x = np.ascontiguousarray(images.detach().float().cpu().numpy())
-            out = session.run(None, {session.get_inputs()[0].name: x})[0]
-            return torch.from_numpy(out)
+            if self.backend in ONNX_BACKENDS:
+                return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x})[0])
+            return torch.from_numpy(session(x))
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         with torch.inference_mode():
             x = images.to(device=self.device, dtype=self.dtype).contiguous(memory_format=fmt)
@@ -169,6 +261,23 @@ class Runtime:
             if isinstance(out, dict):
                 out = out["out"]
             return out.float().contiguous()
+
+
+def _file_metadata(path):
+    """The lightseg metadata of an exported file, or None for a file without it (run as it is)."""
+    from .metadata import MetadataError, read_metadata
+
+    try:
+        return read_metadata(path)
+    except MetadataError:
+        return None
+
+
+def _static_input_size(meta):
+    """(H, W) of an export with a static shape; None for a dynamic ONNX export or a file without metadata."""
+    if not meta or meta.get("dynamic"):
+        return None
+    return tuple(int(v) for v in meta["input_size"])
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -3,6 +3,7 @@
     import lightseg
     seg = lightseg.Segmenter.from_checkpoint("runs/mininet_211k_camvid/best.pt")
     seg = lightseg.Segmenter.from_pretrained("mininet_211k", weights="camvid", backend="onnxruntime")
+    seg = lightseg.Segmenter.from_exported("mininet_211k.xml")    # a lightseg export: OpenVINO here
     label = seg(rgb)              # (H, W) uint8 class ids at the image's size
     label = seg("street.jpg")     # a file, a PIL image, a torch tensor, a BGR array (channel_order="bgr") too
     labels = seg([rgb1, rgb2])    # a list: same-size images run as one batch
@@ -10,8 +11,9 @@
     picture = seg.overlay(rgb, label)   # colours blended over the image, legend of the classes present
 
 Everything the model needs besides pixels (class names, palette, normalisation) comes from the
-checkpoint or the weights' manifest. It runs on the backends of :class:`.runtime.Runtime` (``eager``,
-``onnxruntime``, ``onnxruntime_int8``) and through :func:`lightseg.inference.predict_scores`, the
+checkpoint, the weights' manifest or the exported file's metadata (:meth:`Segmenter.from_exported`). It runs
+on the backends of :class:`.runtime.Runtime` (``eager``, ``onnxruntime``, ``onnxruntime_int8``, ``openvino``,
+``executorch``, ``ncnn``) and through :func:`lightseg.inference.predict_scores`, the
 function ``lightseg eval`` uses, so ``mode="slide"`` works here as it does there. ``lightseg predict``
 is a thin caller of this class.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -28,9 +31,18 @@ import torch
 from ..data.base import read_image
 from ..errors import LightsegError
 from ..inference import argmax_classes, check_mode, predict_scores
-from .runtime import Runtime, checkpoint_normalization, load_model
+from .metadata import read_metadata
+from .runtime import Runtime, checkpoint_normalization, file_backend, load_model
 
-PREDICT_BACKENDS = ("eager", "onnxruntime", "onnxruntime_int8")
+PREDICT_BACKENDS = ("eager", "onnxruntime", "onnxruntime_int8", "openvino", "executorch", "ncnn")
+
+
+class _Exported:
+    """What Segmenter reads from a model object, taken from an exported file's metadata."""
+
+    def __init__(self, meta):
+        self.lightseg_name, self.num_classes = meta["model"], meta["num_classes"]
+        self.classes, self.palette, self.normalize = meta["classes"], meta["palette"], meta["normalize"]
 
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -148,14 +160,18 @@ class Segmenter:
     be overridden per call.
 
     ``model``: an ``nn.Module`` (its ``classes``/``palette``/``normalize`` attributes are used when the
-    arguments are not given), ``backend``: eager, onnxruntime or onnxruntime_int8; ``device``: auto
+    arguments are not given), ``backend``: one of :data:`PREDICT_BACKENDS`, or ``auto``: the fastest of them
+    that agrees with PyTorch on this CPU at ``size`` (default the model's paper size), measured once and cached
+    (:mod:`.auto`; ``self.auto`` holds the measurement); ``device``: auto
     (CUDA, then MPS, then CPU), cpu, cuda or mps; ``size``: (H, W) the image is resized to before the
     model (the labels come back at the image's size); ``mode``/``crop``/``stride``: whole-image or
     sliding-window inference (:mod:`lightseg.inference`); ``calibration``/``calibration_count``/``int8_mode``:
     int8 calibration images (a folder; default the synthetic scenes) and weight format (default this CPU's);
     ``ort_spinning``: ONNX Runtime's idle threads spin (None: its default) or sleep (False: lightseg predict,
     whose reader and writer threads need the cores); ``channel_order``: "rgb" (default) or "bgr", the
-    order of the arrays and tensors it is given.
+    order of the arrays and tensors it is given. ``precision``: openvino (f32, bf16, fp16; default this
+    CPU's) and ncnn (f32, fp16). ``model`` may also be the path of a file written by ``lightseg export``
+    (:meth:`from_exported`).
 
     ``latencies_ms`` holds the model time of every call (per image; a batch's time is split evenly);
     :meth:`timing` summarises them without the first call, which pays one-off costs.
@@ -163,12 +179,24 @@ class Segmenter:
 
     def __init__(self, model, classes=None, palette=None, normalize=None, backend="eager", device="auto", size=None,
                  mode="whole", crop=None, stride=None, calibration=None, calibration_count=None, int8_mode=None,
-                 num_threads=None, ort_spinning=None, channel_order="rgb"):
+                 num_threads=None, ort_spinning=None, channel_order="rgb", precision=None):
         from ..data.base import NORMALIZATIONS
         from ..viz import palette_for
 
+        self.metadata = None
+        if isinstance(model, (str, Path)):
+            self.metadata = read_metadata(model)
+            backend = file_backend(model, backend)
+            if size is None and not self.metadata.get("dynamic"):
+                size = tuple(self.metadata["input_size"])  # a static export takes its own size; labels come back at the image's
+        self.auto = None
+        if backend == "auto":  # the fastest path that agrees with PyTorch, measured once (see .auto)
+            from .auto import auto_input_size, choose_backend
+
+            self.auto = choose_backend(model, auto_input_size(model, size), device=device, num_threads=num_threads)
+            backend = self.auto["backend"]
         if backend not in PREDICT_BACKENDS:
-            raise LightsegError(f"backend {backend!r} is unknown; use one of {', '.join(PREDICT_BACKENDS)}")
+            raise LightsegError(f"backend {backend!r} is unknown; use one of auto, {', '.join(PREDICT_BACKENDS)}")
         if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
             raise LightsegError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend "
                                 "onnxruntime_int8 or drop them")
@@ -179,17 +207,18 @@ class Segmenter:
             if len(size) != 2 or min(size) < 64:
                 raise LightsegError(f"size {size}: give H W, each at least 64")
         self.size = size
-        self.name = getattr(model, "lightseg_name", type(model).__name__)
-        self.num_classes = int(getattr(model, "num_classes", 0) or 0) or None
+        described = _Exported(self.metadata) if self.metadata else model
+        self.name = getattr(described, "lightseg_name", type(described).__name__)
+        self.num_classes = int(getattr(described, "num_classes", 0) or 0) or None
         n = self.num_classes or len(classes or ()) or 1
-        self.classes = list(classes or getattr(model, "classes", None) or [f"class {i}" for i in range(n)])
-        pal = palette or getattr(model, "palette", None) or palette_for(min(max(n, 1), 255))
+        self.classes = list(classes or getattr(described, "classes", None) or [f"class {i}" for i in range(n)])
+        pal = palette or getattr(described, "palette", None) or palette_for(min(max(n, 1), 255))
         self.palette = [tuple(int(v) for v in c) for c in pal]
         self.colors = np.asarray(self.palette, np.uint8)  # label map -> colours by indexing: colors[label]
         if self.num_classes and (len(self.classes) != self.num_classes or len(self.palette) < self.num_classes):
             raise LightsegError(f"{len(self.classes)} class names and {len(self.palette)} palette colours for a "
                                 f"{self.num_classes}-class {self.name}; the checkpoint's metadata is inconsistent")
-        self.normalize = normalize or getattr(model, "normalize", None) or "imagenet"
+        self.normalize = normalize or getattr(described, "normalize", None) or "imagenet"
         if self.normalize not in NORMALIZATIONS:
             raise LightsegError(f"normalize {self.normalize!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
         mean, std = NORMALIZATIONS[self.normalize]
@@ -198,7 +227,7 @@ class Segmenter:
         self.backend = backend
         self.runtime = Runtime(model, backend=backend, device=device, input_size=size, calibration=calibration,
                                calibration_count=calibration_count, normalize=self.normalize, int8_mode=int8_mode,
-                               num_threads=num_threads, ort_spinning=ort_spinning)
+                               num_threads=num_threads, ort_spinning=ort_spinning, precision=precision)
         self.device = self.runtime.device
         self._runner = _TimedRunner(self.runtime)
         self.latencies_ms: list[float] = []
@@ -213,6 +242,13 @@ class Segmenter:
         kwargs.setdefault("palette", ckpt.get("palette") or None)
         kwargs.setdefault("normalize", checkpoint_normalization(ckpt))
         return cls(net, **kwargs)
+
+    @classmethod
+    def from_exported(cls, path, **kwargs) -> "Segmenter":
+        """A Segmenter from a file written by ``lightseg export`` (.onnx, OpenVINO .xml, ExecuTorch .pte, ncnn
+        .ncnn.param): its metadata gives the model, classes, palette, normalisation and input size, and its
+        format the backend. A file without lightseg metadata is refused, with the command that re-exports it."""
+        return cls(Path(path), **kwargs)
 
     @classmethod
     def from_pretrained(cls, name: str, weights: str = "camvid", **kwargs) -> "Segmenter":

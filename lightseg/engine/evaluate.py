@@ -222,13 +222,16 @@ def metrics_filename(split="val", backend="eager", flip=False, scales=(1.0,), mo
 def evaluate_command(config, checkpoint=None, split="val", data_root=None, overrides=(), flip=False, scales=None,
                      as_json=False, output=None, save_predictions=None, backend="eager", calibration=None,
                      calibration_count=None, int8_mode=None, weights=None, mode=None, crop=None, stride=None,
-                     device="auto") -> dict:
+                     device="auto", precision=None) -> dict:
     """``lightseg eval``: evaluate a checkpoint (or shipped ``weights``) on a split of the recipe's dataset;
     write metrics JSON.
 
     ``backend``: ``eager`` (PyTorch) or a deployment path (``onnxruntime``, ``onnxruntime_int8`` with
-    ``calibration`` images and weight format ``int8_mode``, default this CPU's), so what is deployed is what
-    is measured. ``mode``/``crop``/``stride`` override the recipe's ``eval.mode``/``eval.crop``/``eval.stride``
+    ``calibration`` images and weight format ``int8_mode``, default this CPU's; ``openvino``, ``executorch``,
+    ``ncnn`` with ``precision``; ``auto``: the fastest that agrees with PyTorch here, :mod:`lightseg.deploy.auto`),
+    so what is deployed is what is measured. ``checkpoint`` may be a file
+    written by ``lightseg export`` (.onnx, .xml, .pte, .ncnn.param): its metadata gives the model, classes and
+    normalisation (the recipe gives the dataset), its format the backend. ``mode``/``crop``/``stride`` override the recipe's ``eval.mode``/``eval.crop``/``eval.stride``
     (whole-image or sliding window). ``device``: auto (CUDA, then MPS, then CPU), cpu, cuda or mps; under
     torchrun each rank's GPU.
     """
@@ -245,6 +248,20 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         raise ConfigError("pass --checkpoint CKPT (a .pt written by lightseg train) or --weights NAME (weights shipped "
                           "with lightseg), one of them")
     cfg = load_config(config, overrides or ())
+    from ..deploy.metadata import format_of
+
+    meta = None
+    if checkpoint is not None and format_of(checkpoint) is not None:  # a file written by lightseg export
+        from ..deploy.metadata import read_metadata
+        from ..deploy.runtime import file_backend
+
+        meta = read_metadata(checkpoint)
+        backend = file_backend(checkpoint, backend)
+        if cfg["data"].get("normalize") != meta["normalize"]:
+            print(f"{checkpoint}: normalisation {meta['normalize']!r} from its metadata (the recipe says "
+                  f"{cfg['data'].get('normalize')!r})", file=sys.stderr)
+        cfg["data"]["normalize"] = meta["normalize"]
+        cfg["model"].update(name=meta["model"], num_classes=meta["num_classes"])
     # Where the results go is checked before the (long) evaluation, not after it.
     if output:
         check_output_file(output, "--output", example="metrics.json")
@@ -261,11 +278,20 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     inputs = _inputs(config, data_cfg, dataset, checkpoint, calibration)
     check_outputs_apart(inputs, [("--output", output, None), ("--save-predictions", save_predictions, ("*.png",))])
     model_cfg = cfg["model"]
+    if meta is not None and meta["num_classes"] != dataset.num_classes:
+        raise ConfigError(f"{checkpoint} is a {meta['num_classes']}-class {meta['model']} but the {data_cfg['name']} "
+                          f"dataset has {dataset.num_classes} classes; evaluate it on the dataset it was trained on")
     if model_cfg["num_classes"] != dataset.num_classes:
         raise ConfigError(f"{config}: model.num_classes is {model_cfg['num_classes']} but the {data_cfg['name']} dataset "
                           f"has {dataset.num_classes} classes; set model.num_classes: {dataset.num_classes}")
 
-    if weights is not None:
+    if meta is not None:
+        model, source = None, str(checkpoint)
+        # class names lightseg made up for an export without them ("class 0", ...) are not checked
+        named = meta["classes"] != [f"class {i}" for i in range(meta["num_classes"])]
+        trained = {"normalize": meta["normalize"], "classes": meta["classes"] if named else None,
+                   "ignore_index": None, "channel_order": meta["channel_order"]}
+    elif weights is not None:
         model = create_model(model_cfg["name"], weights=weights, num_classes=model_cfg["num_classes"])
         source = f"{model_cfg['name']} weights {weights!r}"
         trained = trained_input(model.weights_record)
@@ -286,7 +312,15 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
 
     if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
         raise ConfigError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend onnxruntime_int8 or drop them")
-    info = setup(cfg["train"].get("device", "auto") if backend != "onnxruntime_int8" else "cpu")
+    auto = None
+    if backend == "auto":  # the fastest path that agrees with PyTorch at this dataset's image size, measured once
+        from ..deploy.auto import choose_backend
+
+        size = data_cfg.get("eval_size") or tuple(dataset[0][0].shape[-2:])
+        auto = choose_backend(model.eval(), size, device=device)
+        backend = auto["backend"]
+    cpu_only = ("onnxruntime_int8", "openvino", "executorch", "ncnn")
+    info = setup(cfg["train"].get("device", "auto") if backend not in cpu_only else "cpu")
     run_device = info.device
     if not info.distributed and backend == "eager":
         run_device = resolve_device(device)
@@ -294,9 +328,10 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     if backend != "eager":
         from ..deploy.runtime import Runtime
 
-        runner = Runtime(model.eval(), backend=backend, device=device if not info.distributed else info.device,
+        runner = Runtime(model.eval() if meta is None else Path(checkpoint), backend=backend,
+                         device=device if not info.distributed else info.device,
                          calibration=calibration, calibration_count=calibration_count,
-                         normalize=data_cfg.get("normalize", "imagenet"), int8_mode=int8_mode)
+                         normalize=data_cfg.get("normalize", "imagenet"), int8_mode=int8_mode, precision=precision)
         run_device = runner.device
     eval_cfg = cfg.get("eval", {})
     mode = mode or eval_cfg.get("mode", "whole")
@@ -340,6 +375,10 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     )
     report = {"model": model_cfg["name"], "checkpoint": source, "dataset": data_cfg["name"],
               "split": split_name, "backend": backend, "device": str(run_device), **report}
+    if getattr(runner, "precision", None):
+        report["precision"] = runner.precision
+    if auto is not None:
+        report["backend_auto"] = {k: auto.get(k) for k in ("latency_ms", "agreement", "skipped", "cached")}
     if backend == "onnxruntime_int8":
         from ..hardware import cpu_info
 
