@@ -110,7 +110,8 @@ def test_cli_reference_lists_every_command_and_option():
                     assert f"`{option}`" in section, (name, option)
     # values and defaults come from the parser: the choices of bench --backend, eval's default split
     bench = sections[list(commands).index("bench")]
-    assert "| `--backend` | `{eager_nchw, eager, compile, onnxruntime, onnxruntime_int8, onnxruntime_plain, all}` | eager |" in bench
+    assert ("| `--backend` | `{eager_nchw, eager, compile, onnxruntime, onnxruntime_int8, openvino, executorch, ncnn, peer_ort, "
+            "peer_openvino, onnxruntime_plain, all}` | eager |") in bench
     assert "| `--split` | `{train, val, test}` | val |" in sections[list(commands).index("eval")]
     assert "until two calls agree within 10%)" in bench  # argparse's %% written as the user reads it
 
