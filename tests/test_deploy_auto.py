@@ -87,3 +87,10 @@ def test_auto_on_an_exported_file_is_its_own_backend(tmp_path):
     assert file_backend(tmp_path / "m.xml", "auto") == "openvino" and file_backend(tmp_path / "m.onnx", "auto") == "onnxruntime"
     with pytest.raises(lightseg.LightsegError, match="--backend openvino"):
         file_backend(tmp_path / "m.xml", "ncnn")
+
+
+def test_precision_goes_only_where_it_applies(model):
+    with pytest.raises(lightseg.LightsegError, match="does not go with --backend auto"):
+        lightseg.Segmenter(model, backend="auto", size=(64, 64), precision="bf16")
+    with pytest.raises(lightseg.LightsegError, match="drop --precision fp16"):
+        lightseg.Segmenter(model, backend="executorch", size=(64, 64), precision="fp16")

@@ -93,6 +93,9 @@ def test_eval_backend_of_a_checkpoint_and_refusals(setup, reference, tmp_path, c
     # the file's format decides the backend; another one is refused naming the right one
     assert main(["eval", str(recipe), "--checkpoint", str(small), "--backend", "ncnn"]) == 2
     assert "--backend openvino" in capsys.readouterr().err
+    # --precision where it would be ignored (eager PyTorch) is refused rather than dropped
+    assert main(["eval", str(recipe), "--checkpoint", str(ckpt), "--precision", "fp16"]) == 2
+    assert "--precision applies to --backend openvino or ncnn, not eager" in capsys.readouterr().err
 
 
 def test_eval_and_predict_backend_auto_share_one_measurement(setup, reference, tmp_path, capsys, monkeypatch):

@@ -128,6 +128,8 @@ class Runtime:
             raise LightsegError(f"an int8 mode ({int8_mode!r}) applies to backend onnxruntime_int8, not {backend!r}")
 
         self.precision = None
+        if backend == "executorch" and precision not in (None, "auto", "f32", "fp32"):
+            raise LightsegError(f"ExecuTorch runs the .pte's own fp32 arithmetic; drop --precision {precision}")
         if backend in EXPORTED_BACKENDS:
             self.precision = format_module(backend).resolve_precision(precision) if backend != "executorch" else "f32"
         elif precision not in (None, "auto"):

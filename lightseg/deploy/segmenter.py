@@ -193,6 +193,10 @@ class Segmenter:
         if backend == "auto":  # the fastest path that agrees with PyTorch, measured once (see .auto)
             from .auto import auto_input_size, choose_backend
 
+            if precision not in (None, "auto"):
+                raise LightsegError(f"--precision {precision} does not go with --backend auto, which picks among the "
+                                    "paths at their default precision; choose the backend (openvino or ncnn)")
+
             self.auto = choose_backend(model, auto_input_size(model, size), device=device, num_threads=num_threads)
             backend = self.auto["backend"]
         if backend not in PREDICT_BACKENDS:

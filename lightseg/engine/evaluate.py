@@ -229,10 +229,10 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
     ``backend``: ``eager`` (PyTorch) or a deployment path (``onnxruntime``, ``onnxruntime_int8`` with
     ``calibration`` images and weight format ``int8_mode``, default this CPU's; ``openvino``, ``executorch``,
     ``ncnn`` with ``precision``; ``auto``: the fastest that agrees with PyTorch here, :mod:`lightseg.deploy.auto`),
-    so what is deployed is what is measured. ``checkpoint`` may be a file
-    written by ``lightseg export`` (.onnx, .xml, .pte, .ncnn.param): its metadata gives the model, classes and
-    normalisation (the recipe gives the dataset), its format the backend. ``mode``/``crop``/``stride`` override the recipe's ``eval.mode``/``eval.crop``/``eval.stride``
-    (whole-image or sliding window). ``device``: auto (CUDA, then MPS, then CPU), cpu, cuda or mps; under
+    so what is deployed is what is measured. ``checkpoint`` may be a file written by ``lightseg export`` (.onnx,
+    .xml, .pte, .ncnn.param): its metadata gives the model, classes and normalisation (the recipe gives the
+    dataset), its format the backend. ``mode``/``crop``/``stride`` override the recipe's
+    ``eval.mode``/``eval.crop``/``eval.stride`` (whole-image or sliding window). ``device``: auto (CUDA, then MPS, then CPU), cpu, cuda or mps; under
     torchrun each rank's GPU.
     """
     from .. import create_model
@@ -312,6 +312,9 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
 
     if backend != "onnxruntime_int8" and (calibration or calibration_count or int8_mode not in (None, "auto")):
         raise ConfigError("--calib, --calib-count and --int8-mode apply to int8 quantisation; use --backend onnxruntime_int8 or drop them")
+    if precision not in (None, "auto") and backend not in ("openvino", "ncnn"):
+        raise ConfigError(f"--precision applies to --backend openvino or ncnn, not {backend}"
+                          + (" (auto picks among the paths at their default precision)" if backend == "auto" else ""))
     auto = None
     if backend == "auto":  # the fastest path that agrees with PyTorch at this dataset's image size, measured once
         from ..deploy.auto import choose_backend
