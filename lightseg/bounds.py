@@ -8,6 +8,10 @@ import struct
 
 from .errors import DataError
 
+# The longest side of an input size lightseg takes (``--size H W``): far past any camera, and small enough
+# that a tensor's element count stays within int64 at any channel count (a larger side overflowed in torch).
+MAX_SIDE = 1_000_000
+
 # Decoding one pixel: OpenCV's decode buffer (up to 16 bits a channel) plus the RGB copy and the float
 # tensor made from it: 3 x 2 + 3 + 3 x 4 = 21 bytes, rounded up.
 DECODE_BYTES_PER_PIXEL = 24

@@ -45,7 +45,14 @@ def _checked(cast, ok, expected):
     return parse
 
 
-_side = _checked(int, lambda v: v >= _min_size(), lambda: f"a size of at least {_min_size()}, the smallest input lightseg models take")
+def _max_side() -> int:
+    from .bounds import MAX_SIDE
+
+    return MAX_SIDE
+
+
+_side = _checked(int, lambda v: _min_size() <= v <= _max_side(),
+                 lambda: f"a size of at least {_min_size()} (the smallest input lightseg models take) and at most {_max_side()}")
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer (1 or more)")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 _share = _checked(float, lambda v: 0 <= v <= 1, "a share between 0 and 1 (0.1 = 10%)")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import lightseg.bounds
+from lightseg.bounds import MAX_SIDE
 import lightseg.engine.train
 from lightseg.cli import main
 from lightseg.config import DEFAULTS, MAX_RECIPE_BYTES, MAX_YAML_ALIASES, MAX_YAML_NODES, SCHEMA, parse_override
@@ -594,6 +595,7 @@ def test_a_damaged_checkpoint_is_refused_naming_it_or_used(world, capsys, damage
 
 
 # ================================================================ 5. what cannot fit in memory
+@pytest.mark.skipif(lightseg.bounds.available_memory() is None, reason="this system does not say how much memory is free")
 @drawn(20)
 @given(batch=st.integers(1, 10 ** 9), h=st.integers(64, 10 ** 6), w=st.integers(64, 10 ** 6))
 def test_bench_refuses_what_cannot_fit_with_the_estimate_and_the_limit(capsys, batch, h, w):
@@ -604,6 +606,42 @@ def test_bench_refuses_what_cannot_fit_with_the_estimate_and_the_limit(capsys, b
                   f"--batch {batch} --size {h} {w}", "lower --batch or --size")
     estimate, limit = map(float, re.search(r"about ([\d.]+) GB of memory and ([\d.]+) GB is available", err).groups())
     assert estimate == pytest.approx(need / 1024 ** 3, abs=0.06) and limit <= estimate / 2 + 0.06, err
+
+
+@drawn(12)
+@given(command=st.sampled_from(["models", "bench", "export", "predict"]), side=st.integers(MAX_SIDE + 1, 10 ** 40),
+       other=st.integers(64, 512))
+def test_a_size_past_the_largest_side_is_refused_by_every_command(world, capsys, command, side, other):
+    """Past MAX_SIDE an element count overflows torch's int64 (a TypeError from torch.zeros): refused while
+    parsing, naming the value and the bound."""
+    case = fresh(world)
+    argv = {"models": ["models"], "bench": ["bench", "--model", "mininet_95k"],
+            "export": ["export", "--checkpoint", world["ckpt"], "-o", case / "m.onnx"],
+            "predict": ["predict", "--checkpoint", world["ckpt"], "--input", world["photos"], "--output", case / "out"]}
+    before = _tree(world["tmp"])
+    code, _, err = run([*argv[command], "--size", side, other], capsys)
+    last = err.strip().splitlines()[-1]  # argparse's refusal: its usage, then one line
+    assert code == 2 and "--size" in last and str(side) in last and f"at most {MAX_SIDE}" in last, err
+    unchanged(world["tmp"], before)
+
+
+@pytest.mark.skipif(lightseg.bounds.available_memory() is None, reason="this system does not say how much memory is free")
+@drawn(10)
+@given(side=st.integers(64, MAX_SIDE), scale=st.one_of(st.floats(1000, 1e30), st.integers(1000, 10 ** 30)))
+def test_export_and_eval_refuse_what_cannot_fit_before_allocating_it(world, capsys, side, scale):
+    """An export's example input and an evaluation at a scale are compared with the memory first (they
+    ended in int64 overflows or allocation failures inside torch)."""
+    available = lightseg.bounds.available_memory()
+    scaled = round(64 * scale)  # the 64x64 validation image at that scale
+    assume(lightseg.bounds.estimate_memory(side, side, None) > 2 * available)
+    assume(lightseg.bounds.estimate_memory(64, 64, 11, size=(scaled, scaled)) > 2 * available)
+    case = fresh(world)
+    before = _tree(world["tmp"])
+    refused(["export", "--checkpoint", world["ckpt"], "--size", side, side, "-o", case / "m.onnx"], capsys,
+            f"{side}x{side}", "GB of memory", "lower --size")
+    refused(["eval", world["recipe"], "--checkpoint", world["ckpt"], "--output", case / "m.json", "--scales", 1, scale],
+            capsys, "s000.png", "at eval scale", "GB of memory", "lower eval.scales")
+    unchanged(world["tmp"], before)
 
 
 # ================================================================ 6. the run log: strict for resume, lenient for plots

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from ..bounds import check_fits, estimate_memory
 from ..errors import ConfigError, DataError, LightsegError
 from .base import NORMALIZATIONS, SegmentationDataset, check_image, read_image, read_label
 from .camvid import CamVid, CamVid32
@@ -211,13 +212,15 @@ def validate_dataset(dataset: SegmentationDataset, limit: int | None = None) -> 
     return problems
 
 
-def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) -> list[tuple[int, str]]:
+def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,), mode="whole",
+                 crop=None) -> list[tuple[int, str]]:
     """``(index, problem)`` for each sample that cannot be evaluated, found before any model runs, by the
     loader's own checks: a missing, empty, truncated or unreadable image or label, a file that the decoding
     rules refuse (CMYK, EXIF orientation, transparency; see :mod:`lightseg.data.base`), label values outside
     the classes (the label is decoded and mapped as the loader does; images are only checked, not decoded),
     an image and label of different sizes, an image the models cannot take (under ``MIN_SIZE`` at some
-    scale, unless ``eval_size`` resizes it)."""
+    scale, unless ``eval_size`` resizes it), an image that at some scale would need more memory than is
+    available (``mode``/``crop``: whole images or sliding windows, as the evaluation runs)."""
     from ..models.base import MIN_SIZE
 
     problems = []
@@ -233,6 +236,13 @@ def scan_samples(dataset: SegmentationDataset, eval_size=None, scales=(1.0,)) ->
             if small:
                 raise DataError(f"{img_path}: {h}x{w} is under the models' minimum input of {MIN_SIZE}x{MIN_SIZE} "
                                 f"(at eval scale {small[0]}); remove it, or set data.eval_size: [H, W] to resize inputs")
+            slide = mode == "slide" and crop  # slide mode without a window is refused by its own check
+            for s in scales:  # the largest input the model would see, against the memory
+                sh, sw = round(base[0] * s), round(base[1] * s)
+                check_fits(f"{img_path}: {h}x{w} at eval scale {s:g} ({sh}x{sw})",
+                           estimate_memory(h, w, getattr(dataset, "num_classes", None), "slide" if slide else "whole",
+                                           tuple(crop) if slide else None, size=(sh, sw)),
+                           "lower eval.scales (--scales), or set data.eval_size: [H, W] to resize inputs")
         except LightsegError as e:
             problems.append((i, str(e)))
     return problems

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..bounds import MAX_SIDE, check_fits, estimate_memory
 from ..errors import LightsegError
 from .fuse import prepare_for_inference
 
@@ -27,19 +28,24 @@ PARITY_MIN_AGREEMENT = 99.9
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-def _check_size(input_size):
+def _check_size(input_size, batch=1):
+    """(H, W) of an export's input size: at least 64, at most ``MAX_SIDE``, and an example input (the trace and
+    the parity check run the model on one) that fits in the memory available."""
     try:
         h, w = (int(v) for v in input_size)
     except (TypeError, ValueError):
         raise LightsegError(f"input size must be two integers H W, got {input_size!r}") from None
     if h < 64 or w < 64:
         raise LightsegError(f"input size {h}x{w} is too small: lightseg models need H and W of at least 64")
+    if max(h, w) > MAX_SIDE:
+        raise LightsegError(f"input size {h}x{w} is too large: at most {MAX_SIDE} a side")
+    check_fits(f"exporting at input size {h}x{w} (batch {batch})", batch * estimate_memory(h, w, None), "lower --size")
     return h, w
 
 
 def export_to_bytes(model: nn.Module, input_size, dynamic=False, opset=17, batch=1, fuse=True) -> bytes:
     """Trace ``model`` (a CPU copy, eval mode, BN folded when ``fuse``) to an ONNX model in memory."""
-    h, w = _check_size(input_size)
+    h, w = _check_size(input_size, batch)
     model = copy.deepcopy(model).cpu().float().eval()
     if fuse:
         model = prepare_for_inference(model, input_size=(h, w), for_onnx=True, static_shape=not dynamic)

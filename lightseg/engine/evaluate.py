@@ -358,7 +358,7 @@ def evaluate_command(config, checkpoint=None, split="val", data_root=None, overr
         refuse_links_in(save_predictions, ("*.png",))
     if save_predictions:
         check_prediction_names(dataset)
-    problems = scan_samples(dataset, eval_size=data_cfg.get("eval_size"), scales=tuple(scales or eval_cfg.get("scales") or (1.0,)))
+    problems = scan_samples(dataset, eval_size=data_cfg.get("eval_size"), scales=scales, mode=mode, crop=crop)
     if problems:
         listed = "; ".join(m for _, m in problems[:3]) + (f"; ... ({len(problems)} in all)" if len(problems) > 3 else "")
         raise DataError(f"{len(problems)} of {len(dataset)} samples of split {split_name!r} cannot be evaluated: {listed}")

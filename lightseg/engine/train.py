@@ -445,7 +445,8 @@ class Trainer:
         if self.val_set is None:  # no validation (train.val_interval 0)
             return
         e = self.cfg["eval"]
-        problems = scan_samples(self.val_set, eval_size=self.cfg["data"]["eval_size"], scales=e["scales"])
+        problems = scan_samples(self.val_set, eval_size=self.cfg["data"]["eval_size"], scales=e["scales"], mode=e["mode"],
+                                crop=e["crop"])
         n = len(self.val_set)
         if not problems:
             return
