@@ -505,19 +505,36 @@ def test_malformed_checkpoint_metadata(base, tmp_path, capsys, key, value):
     assert code == 2 and str(bad) in err and f"'{key}'" in err
 
 
-def test_not_a_checkpoint_onnx_and_truncated(base, tmp_path, capsys):
+def _plain_onnx(base, path):
+    """An ONNX file as torch.onnx.export writes it, without lightseg's metadata."""
+    import torch
+
+    from lightseg.models import create_model
+
+    ckpt = load_checkpoint(base / "run" / "last.pt")
+    model = create_model("mininet_95k", num_classes=ckpt["num_classes"]).eval()
+    model.load_state_dict(ckpt["model"])
+    torch.onnx.export(model, torch.randn(1, 3, 64, 64), str(path), dynamo=False, opset_version=17)
+    return path
+
+
+def test_eval_runs_lightsegs_onnx_and_refuses_plain_onnx_and_truncated_files(base, tmp_path, capsys):
     onnx = tmp_path / "model.onnx"
     assert main(["export", "--model", "mininet_95k", "--checkpoint", str(base / "run" / "last.pt"), "--size", "64", "64",
                  "-o", str(onnx)]) == 0
+    recipe = tiny_recipe(tmp_path, base / "data")
+    code, err = _cli_exit(["eval", str(recipe), "--checkpoint", str(onnx)], capsys)
+    assert code == 0, err  # lightseg's own export carries its metadata: it runs with no --model
+    plain = _plain_onnx(base, tmp_path / "plain.onnx")
     cut = tmp_path / "cut.pt"
     cut.write_bytes((base / "run" / "last.pt").read_bytes()[:50000])
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    recipe = tiny_recipe(tmp_path, base / "data")
-    for path, words in ((onnx, ("ONNX", "--backend onnxruntime")), (cut, ("truncated",)), (text, ("not a PyTorch checkpoint",))):
+    for path, words in ((plain, ("no lightseg metadata", "Re-export it")), (cut, ("truncated",)),
+                        (text, ("not a PyTorch checkpoint",))):
         code, err = _cli_exit(["eval", str(recipe), "--checkpoint", str(path)], capsys)
         assert code == 2 and str(path) in err and all(w in err for w in words), err
-        assert "unpickling" not in err
+        assert "unpickling" not in err and "Traceback" not in err
 
 
 def test_jpeg_with_trailing_bytes_is_accepted_truncated_is_not(tmp_path):
@@ -774,16 +791,19 @@ def test_predict_refuses_an_image_too_large_for_memory_before_any_work(base, tmp
     assert est(10000, 10000, 11, "slide", (1024, 1024)) < est(10000, 10000, 11)
 
 
-def test_predict_onnx_file_is_named_not_a_pytorch_checkpoint(base, tmp_path, capsys):
+def test_predict_runs_lightsegs_onnx_and_names_a_plain_onnx_file(base, tmp_path, capsys):
     onnx = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(base / "run" / "last.pt"), "--size", "64", "64", "-o", str(onnx)]) == 0
     img = tmp_path / "a.png"
     _write_image(img)
-    for extra in ([], ["--backend", "onnxruntime"]):
-        code, err = _cli_exit(_predict(base, img, tmp_path / "out", *extra, checkpoint=onnx), capsys)
-        assert code == 2 and str(onnx) in err and "not a PyTorch checkpoint" in err and "--backend onnxruntime" in err
-        assert "unpickling" not in err and "lightseg predict --checkpoint model.onnx" not in err  # no advice that fails
-    assert not (tmp_path / "out").exists()
+    code, err = _cli_exit(_predict(base, img, tmp_path / "out", checkpoint=onnx), capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "a_label.png").is_file()
+    plain = _plain_onnx(base, tmp_path / "plain.onnx")
+    code, err = _cli_exit(_predict(base, img, tmp_path / "out2", checkpoint=plain), capsys)
+    assert code == 2 and str(plain) in err and "no lightseg metadata" in err, err
+    assert "unpickling" not in err and "Traceback" not in err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_predict_loads_a_ddp_checkpoint(base, tmp_path, capsys):
