@@ -14,8 +14,11 @@ $(BIN)/lightseg: pyproject.toml setup.py constraints.txt
 .PHONY: venv test demo clean
 venv: $(BIN)/lightseg
 
+# ExecuTorch's runtime tests run in a process of their own: after the rest of the suite in one process, its
+# XNNPACK runtime crashed (SIGSEGV) in some runs; alone, and in a fresh process, they pass.
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -k "not executorch"
+	$(BIN)/python -m pytest -q tests -k executorch
 
 demo: venv
 	$(BIN)/python -m lightseg.demo $(if $(DATA),--data $(DATA),) $(if $(ITERS),--iters $(ITERS),)
