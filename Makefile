@@ -14,10 +14,12 @@ $(BIN)/lightseg: pyproject.toml setup.py constraints.txt
 .PHONY: venv test demo clean
 venv: $(BIN)/lightseg
 
-# The tests that run exported models in OpenVINO, ExecuTorch and ncnn one after another go in processes of
-# their own: after the rest of the suite in one process, the third runtime's eval crashed with SIGSEGV (in
-# CI runs; not in those files alone). Each file alone passes.
-DEPLOY_RUNTIME_TESTS := tests/test_deploy_eval.py tests/test_deploy_formats.py tests/test_deploy_auto.py
+# The tests that load the OpenVINO, ExecuTorch and ncnn runtimes into the test process (bench --backend all,
+# the deploy formats, eval of exports, --backend auto) run in processes of their own: in one process with the
+# rest of the suite, a later test crashed with SIGSEGV a few tests after bench's all-backends test (three CI
+# runs, at different tests). Each of these files alone passes. The cause is not found yet (two OpenMP
+# runtimes in one process is the first suspect).
+DEPLOY_RUNTIME_TESTS := tests/test_bench.py tests/test_deploy_eval.py tests/test_deploy_formats.py tests/test_deploy_auto.py
 test: venv
 	$(BIN)/python -m pytest -q tests $(addprefix --ignore=,$(DEPLOY_RUNTIME_TESTS))
 	for t in $(DEPLOY_RUNTIME_TESTS); do $(BIN)/python -m pytest -q $$t || exit 1; done
