@@ -142,6 +142,7 @@ METADATA: dict[str, Rule] = {
     "num_threads": integer(1, null=True),
     "data_fingerprint": string(null=True),
     "data_samples": list_of(lambda h: isinstance(h, str), "a list of sample fingerprints (strings)", null=True, empty=True),
+    "data_fingerprint_kind": string(null=True),
 }
 # Tensor dtypes a state dict of these models holds (weights, BatchNorm counters, masks).
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.int16,

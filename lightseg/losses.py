@@ -221,7 +221,7 @@ def label_statistics(dataset, progress: bool = False) -> dict:
 
 
 def _dataset_key(dataset) -> str:
-    # The data fingerprint (files' names, sizes, mtimes; classes; label mapping) identifies the statistics:
+    # The data fingerprint (files' names, sizes and first and last bytes; classes; label mapping) identifies the statistics:
     # a label edited in place changes the key, as a changed file list does.
     from .data import data_fingerprint
 
@@ -242,7 +242,7 @@ def cached_class_weights(dataset, method: str, cache_dir) -> torch.Tensor:
     """Class weights of ``method`` ("enet" | "median_freq") for ``dataset``, computed once.
 
     The label statistics are cached in ``cache_dir/class_stats_<hash>.json``, the hash taken over
-    the dataset's file list and its data fingerprint (sizes and modification times), so a second run (or the other method) reads them instead of
+    the dataset's file list and its data fingerprint (names, sizes, first and last bytes), so a second run (or the other method) reads them instead of
     decoding every label again.
     """
     if method not in CLASS_WEIGHT_METHODS:

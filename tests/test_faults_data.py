@@ -408,6 +408,31 @@ def test_resume_names_training_files_changed_in_place(trained, capsys):
     assert tree(run) == before
 
 
+def test_resume_continues_on_a_copy_of_the_data_with_new_modification_times(trained, capsys):
+    # a copy to another machine or folder keeps names, sizes and bytes but not modification times
+    recipe, run, data = trained
+    for f in data.rglob("*.png"):
+        os.utime(f, ns=(2_000_000_000, 2_000_000_000))
+    code, err = cli(["train", "--resume", run, "--set", "train.iters=3", "--force-override"], capsys)
+    assert code == 0 and "training data" not in err, err
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3
+
+
+def test_resume_of_a_checkpoint_with_the_older_fingerprint_asks_for_force_and_then_records_the_new_one(trained, capsys):
+    recipe, run, _ = trained
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["data_samples"] = ["0" * 16 for _ in ckpt["data_samples"]]  # what the mtime-based hash gives after a copy
+    ckpt["data_fingerprint"] = "0" * 32
+    del ckpt["data_fingerprint_kind"]
+    torch.save(ckpt, run / "last.pt")
+    code, err = cli(["train", "--resume", run], capsys)
+    assert code == 2 and "earlier lightseg" in err and "modification times" in err and "--force-override" in err, err
+    code, err = cli(["train", "--resume", run, "--set", "train.iters=3", "--force-override"], capsys)
+    assert code == 0, err
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["data_fingerprint_kind"] == "name-size-edges" and saved["data_samples"][0] != "0" * 16
+
+
 def test_resume_refuses_a_malformed_log_line_before_writing(trained, capsys):
     recipe, run, _ = trained
     lines = (run / "log.jsonl").read_text().splitlines()

@@ -143,9 +143,29 @@ def loader_workers(requested: int, who: str = "lightseg", say: bool = True) -> i
     return cap
 
 
+# How much of each file's start and end a sample fingerprint reads: an image edited in place changes its
+# header or its first compressed rows, and with the size that tells it apart without reading whole files
+# (Cityscapes' 5,950 training files: 190 MB read instead of 7 GB).
+FINGERPRINT_EDGE_BYTES = 16 * 1024
+# The kind of fingerprint a checkpoint records beside ``data_samples``; an earlier lightseg hashed names, sizes
+# and modification times, which every copy to another machine changes.
+FINGERPRINT_KIND = "name-size-edges"
+
+
+def _file_edges(path, st_size: int) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(FINGERPRINT_EDGE_BYTES)
+        if st_size <= 2 * FINGERPRINT_EDGE_BYTES:
+            return head + f.read()
+        f.seek(-FINGERPRINT_EDGE_BYTES, 2)
+        return head + f.read()
+
+
 def sample_fingerprints(dataset) -> list[str]:
-    """One short hash per sample over its files' names, sizes and modification times: a stat per file, no
-    reading, so it is cheap on a whole split. Content changed in place (same names, same count) changes it."""
+    """One short hash per sample over its files' names, sizes and the first and last
+    :data:`FINGERPRINT_EDGE_BYTES` of each: content changed in place (same names, same count) changes it,
+    while a copy of the same files (another machine, another folder, new modification times) keeps it, so a
+    run resumes on a copied dataset."""
     import hashlib
     import os
     from pathlib import Path
@@ -156,7 +176,8 @@ def sample_fingerprints(dataset) -> list[str]:
         for p in pair:
             try:
                 st = os.stat(p)
-                h.update(f"{Path(p).name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+                h.update(f"{Path(p).name}\0{st.st_size}\0".encode("utf-8", "surrogateescape"))
+                h.update(_file_edges(p, st.st_size))
             except OSError:
                 h.update(f"{Path(p).name}\0missing\0".encode("utf-8", "surrogateescape"))
         out.append(h.hexdigest()[:16])

@@ -324,13 +324,14 @@ class Trainer:
         # train.val_interval 0 (--no-val): no validation set is needed, and none is read.
         validating = bool(t["val_every_epochs"] or t["val_interval"])
         self.val_set = build_dataset(cfg["data"], cfg["data"]["val_split"], train=False) if validating else None
-        from ..data import check_train_sizes, data_fingerprint, merged_data_cfg, sample_fingerprints
+        from ..data import FINGERPRINT_KIND, check_train_sizes, data_fingerprint, merged_data_cfg, sample_fingerprints
 
         check_train_sizes(self.train_set, merged_data_cfg(cfg["data"])["train_transforms"])
         self._check_val_split()
 
-        self.data_samples = sample_fingerprints(self.train_set)  # names, sizes, mtimes: a stat per file
+        self.data_samples = sample_fingerprints(self.train_set)  # names, sizes, each file's first and last 16 KiB
         self.data_fingerprint = data_fingerprint(self.train_set, self.data_samples)
+        self.data_fingerprint_kind = FINGERPRINT_KIND
         n_cls = cfg["model"]["num_classes"]
         if getattr(self.train_set, "num_classes", n_cls) != n_cls:
             raise ConfigError(f"model.num_classes is {n_cls} but the {cfg['data']['name']} dataset at {cfg['data']['root']!r} "
@@ -541,14 +542,25 @@ class Trainer:
                   f"uninterrupted run", file=sys.stderr)
 
     def _data_changed(self, ckpt: dict) -> None:
-        """Same sample count, other content (a file replaced or edited in place: another size or modification
-        time): the run would not continue on what it trained on. Names the samples; refused unless forced."""
+        """Same sample count, other content (a file replaced or edited in place: another size, other bytes at its
+        start or end): the run would not continue on what it trained on. Names the samples; refused unless
+        forced."""
         saved = ckpt.get("data_samples") or []
         changed = [i for i, (a, b) in enumerate(zip(saved, self.data_samples)) if a != b]
+        if changed and ckpt.get("data_fingerprint_kind") != self.data_fingerprint_kind:
+            what = ("it was saved by an earlier lightseg, whose fingerprint of the training files included their "
+                    "modification times, which a copy of the data (another machine or folder) changes; if the files "
+                    "are the ones it trained on")
+            msg = f"{self.resume_ckpt}: the training data cannot be compared with what the run saw: {what}"
+            if not self.force_override:
+                raise ConfigError(msg + ", pass --force-override (the next save records a fingerprint that copies keep)")
+            if self.dist.is_main:
+                print(f"lightseg train: --force-override: {msg}", file=sys.stderr)
+            return
         if changed:
             named = "; ".join(" and ".join(map(str, self.train_set.files[i])) for i in changed[:3])
             what = (f"{len(changed)} of {len(self.data_samples)} training samples have files of another size or "
-                    f"modification time than when it was saved: {named}" + (" ..." if len(changed) > 3 else ""))
+                    f"content than when it was saved: {named}" + (" ..." if len(changed) > 3 else ""))
         else:
             what = "the training set's classes or label mapping changed"
         msg = f"{self.resume_ckpt}: the training data changed since the run saved it: {what}"
@@ -661,6 +673,7 @@ class Trainer:
             "train_samples": len(ds),
             "data_fingerprint": self.data_fingerprint,
             "data_samples": self.data_samples,
+            "data_fingerprint_kind": self.data_fingerprint_kind,
             # float sums depend on the intra-op thread count: a resume runs with the same one
             "num_threads": int(torch.get_num_threads()),
             "val_pending": False,
