@@ -132,17 +132,40 @@ def test_backends_timed_together_with_plain_baseline_and_roofline(monkeypatch, c
         assert r["min_bytes"] > r["weight_bytes"] > 4 * r["params"] * 0.9  # fp32 weights, plus activations
         assert r["vs_plain"] > 0 and r["model_summary"] == records[0]["model_summary"]
     assert plain["vs_plain"] == 1.0
+    # the faster peer is the one every row is compared with, and it is 1.00x itself
+    peers = [r for r in records if r["backend"] in ("peer_ort", "peer_openvino")]
+    best_peer = min(peers, key=lambda r: r["latency_ms_median"])
+    assert all(r["best_peer"] == best_peer["backend"] for r in records) and best_peer["vs_best_peer"] == 1.0
+    # end to end: an HD JPEG frame to its label map, for every path
+    assert all(r["e2e_source"] == [720, 1280] and r["e2e_ms_median"] > 0 for r in records)
     int8 = records[4]
     assert int8["int8_mode"] == choose_int8_mode()[0] and 0 <= int8["int8_argmax_agreement"] <= 100 and int8["int8_rel_error"] >= 0
     summary = records[0]["model_summary"]
     fp32 = [r for r in records if r["backend"] not in ("onnxruntime_int8", "peer_ort", "peer_openvino")]
     assert summary["best_fp32"]["backend"] == min(fp32, key=lambda r: r["latency_ms_median"])["backend"]
     table = format_table(records, zoo=True)
+    assert "x peer" in table and "e2e ms" in table and "720x1280 JPEG frame" in table
     assert "FLOPs = 2 x MACs" in table and "not comparable" in table and "1.00x" in table and "x plain" in table
     assert f"{marked[0]['backend']} *" in table and ">= 99% of the pixels" in table
     assert "onnxruntime_int8: int8 static quantisation, mode " + int8["int8_mode"] in table  # a different model, labelled
     roof = bench.format_roofline(records, CEILING)
     assert "200.0 GFLOP/s" in roof and "rdsnet" in roof and summary["best_fp32"]["backend"] in roof
+
+
+def test_end_to_end_call_gives_the_segmenters_labels_at_the_frames_size():
+    import cv2
+    import numpy as np
+
+    from lightseg.data.synthetic import render_scene
+
+    seg = lightseg.Segmenter(lightseg.create_model("mininet_95k", num_classes=11), size=(64, 96), device="cpu")
+    labels = bench.end_to_end_call(seg.runtime, (64, 96), "cpu", source=(72, 128))()
+    # by hand: the same frame through JPEG at quality 90, decoded to RGB, then the Segmenter
+    rgb, _ = render_scene(np.random.default_rng(0), (72, 128))
+    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    frame = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert tuple(labels.shape) == (1, 72, 128)
+    assert np.array_equal(labels[0].numpy(), seg(frame))
 
 
 def _record(backend, ms, agree):

@@ -20,6 +20,13 @@ defaults (its own precision choice), both with the same thread count.
 whose optional runtime is not installed is left out of ``--backend all`` with one line naming its pip extra.
 Every row carries its argmax agreement with fp32 PyTorch (``eager_nchw``) on the benchmark's random input; the
 fastest row whose agreement is at least :data:`AGREEMENT_MIN` % is marked (``fastest: true``).
+``vs_best_peer`` is the paired ratio to the faster peer (by median) of those timed: how much faster than what a
+user gets without lightseg.
+End to end (``e2e_ms_median``, batch 1): what one camera frame costs a user around the model, timed in the same
+interleaved way after the model alone: an HD frame (:data:`E2E_SOURCE`, 720x1280) as a JPEG is decoded, turned
+to RGB, resized to the model's input and normalised (:func:`.segmenter.prepare_images`, what ``Segmenter`` runs),
+run, and its scores resized back to the frame's size and argmaxed (:func:`lightseg.inference.predict_scores`
+and ``argmax_classes``, what ``Segmenter`` and ``lightseg eval`` run).
 The roofline (``--roofline``, :mod:`.roofline`) bounds each model's latency on this machine from its FLOPs and
 the minimum bytes its exported graph moves; efficiency = bound / measured latency.
 """
@@ -55,6 +62,7 @@ ALIASES = {"onnxruntime_plain": PLAIN}  # the name of peer_ort in earlier lights
 BENCH_BACKENDS = (*BACKENDS, *PEERS)
 FP32_ONNX = ("onnxruntime", PLAIN)
 CPU_ONLY = ("onnxruntime_int8", "openvino", "executorch", "ncnn", *PEERS)
+E2E_SOURCE = (720, 1280)  # an HD camera frame, (H, W)
 
 
 # ---------------------------------------------------------------------- memory
@@ -240,6 +248,30 @@ class PeerOpenVINO:
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
+def end_to_end_call(runner, size, device, source=E2E_SOURCE, normalize="imagenet"):
+    """A call that runs one frame through everything a user pays for (module docstring): JPEG decode, RGB,
+    resize and normalise, ``runner``, scores back at ``source`` size, argmax. Returns the label map."""
+    import cv2
+
+    from ..data.base import NORMALIZATIONS
+    from ..data.synthetic import render_scene
+    from ..inference import argmax_classes, predict_scores
+    from .segmenter import prepare_images
+
+    rgb, _ = render_scene(np.random.default_rng(0), source)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    mean, std = NORMALIZATIONS[normalize]
+    mean, inv_std = [np.float32(m) for m in mean], [np.float32(1.0 / v) for v in std]
+
+    def call():
+        image = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        x = prepare_images([image], size, mean, inv_std).to(device)
+        with torch.inference_mode():
+            return argmax_classes(predict_scores(runner, x, tuple(source)))
+
+    return call
+
+
 def _int8_agreement(net, runner, size, batch):
     """int8 against the fp32 model on a synthetic scene not used for calibration (relative logit error,
     argmax agreement %): a check for a broken int8 path (saturation), not a measure of accuracy."""
@@ -323,6 +355,14 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
     log(f"  {name}: timing {', '.join(backends)} " + (f"in alternating rounds ({runs} each) ..." if runs else
                                                        f"in alternating rounds (about {budget_s:.0f} s each) ..."))
     lat = time_interleaved({b: (lambda r=r: r(x)) for b, r in runners.items()}, est, runs=runs, sync=sync, budget_s=budget_s)
+    e2e = {}
+    if batch == 1:
+        log(f"  {name}: timing end to end (a {E2E_SOURCE[0]}x{E2E_SOURCE[1]} JPEG frame in, its label map out) ...")
+        calls = {b: end_to_end_call(r, size, dev) for b, r in runners.items()}
+        first = {b: time_callable(c, warmup=1, runs=1, sync=sync)[0][0] for b, c in calls.items()}
+        e2e = time_interleaved(calls, first, runs=runs, sync=sync, budget_s=budget_s / 2)
+    timed_peers = [p for p in PEERS if p in lat]
+    best_peer = min(timed_peers, key=lambda p: statistics.median(lat[p])) if timed_peers else None
     with torch.inference_mode():  # fp32 PyTorch on the CPU, the model as written: what every path is compared with
         reference = copy.deepcopy(net).float().cpu()(x.float().cpu())
         reference = (reference["out"] if isinstance(reference, dict) else reference).float()
@@ -356,6 +396,13 @@ def benchmark_backends(model, backends, size=None, batch=1, device="cpu", warmup
         if PLAIN in lat:
             # paired: the same rounds, so the load each saw was alike
             record["vs_plain"] = _sig(statistics.median(p / b for p, b in zip(lat[PLAIN], lat[backend])), 3)
+        if best_peer:
+            record["best_peer"] = best_peer
+            record["vs_best_peer"] = _sig(statistics.median(p / b for p, b in zip(lat[best_peer], lat[backend])), 3)
+        if e2e:
+            record["e2e_source"] = list(E2E_SOURCE)
+            record["e2e_ms_median"] = round(statistics.median(e2e[backend]), 3)
+            record["e2e_fps"] = round(1000.0 / record["e2e_ms_median"], 2)
         if backend == "onnxruntime_int8":
             record["calibration"] = f"{BENCH_CALIBRATION_COUNT} synthetic scenes"
             record["int8_mode"] = runners[backend].int8_mode
@@ -402,6 +449,7 @@ def best_paths(records) -> dict:
         if pool:
             r = min(pool, key=lambda r: r["latency_ms_median"])
             out[key] = {"backend": r["backend"], "latency_ms_median": r["latency_ms_median"], "vs_plain": r.get("vs_plain"),
+                        "vs_best_peer": r.get("vs_best_peer"), "best_peer": r.get("best_peer"),
                         "roofline_efficiency": r.get("roofline_efficiency")}
     return out
 
@@ -415,10 +463,14 @@ def format_table(records, zoo=False) -> str:
     plain = any("vs_plain" in r for r in records)
     roof = any("roofline_efficiency" in r for r in records)
     marked = any(r.get("fastest") for r in records) and len(records) > 1
+    peer = any("vs_best_peer" in r for r in records) and any(r["backend"] == PEER_OPENVINO for r in records)
+    e2e = any("e2e_ms_median" in r for r in records)
     head = (f"{'model':30s} {'backend':17s} {'input':>9s} {'params(M)':>9s} {'GMACs':>7s} {'median ms':>9s} "
             f"{'p90 ms':>8s} {'FPS':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'mem MB':>7s} {'speed-up':>8s}")
     head += f" {'x plain':>7s}" if plain else ""
     head += f" {'%roof':>6s}" if roof else ""
+    head += f" {'x peer':>7s}" if peer else ""
+    head += f" {'e2e ms':>8s}" if e2e else ""
     head += f" {'agree%':>7s}" if marked else ""
     if zoo:
         head += f" {'paper FPS':>9s}  paper hardware"
@@ -432,6 +484,8 @@ def format_table(records, zoo=False) -> str:
                 f"{_fmt(r.get('peak_mem_mb'), '7.0f'):>7s} {_fmt(r.get('speedup_vs_eager_nchw'), '7.2f') + ('x' if r.get('speedup_vs_eager_nchw') else ''):>8s}")
         line += f" {_fmt(r.get('vs_plain'), '6.2f') + ('x' if r.get('vs_plain') else ''):>7s}" if plain else ""
         line += f" {_fmt(None if eff is None else 100 * eff, '6.1f'):>6s}" if roof else ""
+        line += f" {_fmt(r.get('vs_best_peer'), '6.2f') + ('x' if r.get('vs_best_peer') else ''):>7s}" if peer else ""
+        line += f" {_fmt(r.get('e2e_ms_median'), '8.1f'):>8s}" if e2e else ""
         line += f" {_fmt(r.get('argmax_agreement'), '7.2f'):>7s}" if marked else ""
         if zoo:
             line += f" {_fmt(r.get('paper_fps'), '9.1f'):>9s}  {r.get('paper_hardware') or '-'}"
@@ -439,7 +493,11 @@ def format_table(records, zoo=False) -> str:
     lines.append("MACs = multiply-accumulates (conv + linear), FLOPs = 2 x MACs; GFLOP/s = FLOPs / median latency; "
                  "%peak = share of this machine's fp32 ceiling (--peak); speed-up vs eager_nchw"
                  + ("; x plain = paired ratio to peer_ort (plain torch.onnx.export + default ONNX Runtime)" if plain else "")
-                 + ("; %roof = roofline bound / median latency" if roof else "") + ".")
+                 + ("; %roof = roofline bound / median latency" if roof else "")
+                 + ("; x peer = paired ratio to the faster of peer_ort and peer_openvino (OpenVINO's defaults on the "
+                    "plain export)" if peer else "")
+                 + (f"; e2e ms = one {E2E_SOURCE[0]}x{E2E_SOURCE[1]} JPEG frame to its label map: decode, resize and "
+                    "normalise, the model, scores back to the frame's size, argmax" if e2e else "") + ".")
     if marked:
         lines.append(f"* fastest path whose argmax agrees with fp32 PyTorch (eager_nchw) on >= {AGREEMENT_MIN:g}% of the "
                      f"pixels of the benchmark's random input (agree%); a path below that is never marked.")

@@ -116,6 +116,24 @@ def _images_of(item, order: str) -> tuple[list[np.ndarray], bool]:
     return images, batch
 
 
+def prepare_images(images, size, mean, inv_std) -> torch.Tensor:
+    """Same-size RGB uint8 images -> the normalised (N, 3, H, W) float32 batch, resized (bilinear) to ``size``
+    (H, W) when given: ``(pixel - mean[c]) * inv_std[c]`` channel by channel in numpy, a fraction of the time
+    torch's broadcast takes. What :meth:`Segmenter.prepare` runs and ``lightseg bench`` times end to end."""
+    images = [_check_rgb(img) for img in images]
+    if any(img.shape != images[0].shape for img in images):
+        raise LightsegError("a batch needs images of one size; call the Segmenter on a list to group them")
+    if size is not None:
+        images = [img if img.shape[:2] == tuple(size) else
+                  cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for img in images]
+    h, w = images[0].shape[:2]
+    x = np.empty((len(images), 3, h, w), np.float32)
+    for i, img in enumerate(images):
+        for c in range(3):
+            x[i, c] = (img[:, :, c].astype(np.float32) - mean[c]) * inv_std[c]
+    return torch.from_numpy(x)
+
+
 class NonFiniteOutput(LightsegError):
     """The model's scores hold NaN or infinity where the label is taken: the label map would be garbage."""
 
@@ -267,18 +285,7 @@ class Segmenter:
     def prepare(self, images) -> torch.Tensor:
         """Same-size RGB uint8 images -> the normalised (N, 3, H, W) float batch the model takes (resized
         to ``size`` when given). Channel by channel in numpy: a fraction of the time torch's broadcast takes."""
-        images = [_check_rgb(img) for img in images]
-        if any(img.shape != images[0].shape for img in images):
-            raise LightsegError("a batch needs images of one size; call the Segmenter on a list to group them")
-        if self.size is not None:
-            images = [img if img.shape[:2] == self.size else
-                      cv2.resize(img, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR) for img in images]
-        h, w = images[0].shape[:2]
-        x = np.empty((len(images), 3, h, w), np.float32)
-        for i, img in enumerate(images):
-            for c in range(3):
-                x[i, c] = (img[:, :, c].astype(np.float32) - self._mean[c]) * self._inv_std[c]
-        return torch.from_numpy(x)
+        return prepare_images(images, self.size, self._mean, self._inv_std)
 
     def scores(self, x: torch.Tensor, out_size) -> torch.Tensor:
         """The model on a prepared batch: scores (N, C, *out_size) whose argmax is the label map
