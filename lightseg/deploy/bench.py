@@ -240,7 +240,8 @@ class PeerOpenVINO:
             onnx_path.write_bytes(data)
             compiled = ov.Core().compile_model(ov.convert_model(str(onnx_path)), "CPU",
                                                {"INFERENCE_NUM_THREADS": int(self.num_threads)})
-        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16", "f32", "f16"
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.request = compiled.create_infer_request()
 
     def __call__(self, images):
