@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from lightseg import weights as registry  # noqa: E402
 from lightseg.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
 from lightseg.config import load_config, resolve_recipe  # noqa: E402
+from lightseg.engine.train import iteration_budget  # noqa: E402
 
 
 def _write_manifest(records: list[dict]) -> None:
@@ -35,8 +36,8 @@ def _write_manifest(records: list[dict]) -> None:
 
 
 def progress(ckpt: dict, cfg: dict) -> dict:
-    """How far the run got, in the trainer's terms: an epoch is one pass over the training samples at the
-    batch size (``len(train) // batch`` iterations); and whether the val split was held out of training."""
+    """How far the run got, in the trainer's terms (:func:`lightseg.engine.train.iteration_budget`, single
+    process); and whether the val split was held out of training."""
     t = cfg["train"]
     splits = cfg["data"].get("train_split", "train")
     splits = [splits] if isinstance(splits, str) else list(splits)
@@ -44,8 +45,7 @@ def progress(ckpt: dict, cfg: dict) -> dict:
     out = {"val_held_out": val not in splits}
     n = ckpt.get("train_samples")
     if n:
-        per_epoch = max(1, int(n) // int(t["batch_size"]))
-        planned = int(t["iters"]) if t.get("iters") else int(t["epochs"]) * per_epoch
+        per_epoch, planned = iteration_budget(int(n), int(t["batch_size"]), t)
         out.update(train_samples=int(n), iterations_planned=planned,
                    epochs_done=round(int(ckpt["iteration"]) / per_epoch, 1), epochs_planned=round(planned / per_epoch, 1))
     return out

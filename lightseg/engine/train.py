@@ -272,6 +272,14 @@ def _resolve_resume(resume, output_dir) -> tuple[Path, Path]:
     return ckpt, run_dir
 
 
+def iteration_budget(train_samples: int, global_batch: int, train_cfg: dict) -> tuple[int, int]:
+    """(iterations per epoch, iterations planned): an epoch is one pass over the training samples at the global
+    batch size (the last partial batch dropped); ``train.iters`` overrides ``train.epochs``."""
+    per_epoch = max(1, int(train_samples) // int(global_batch))
+    planned = int(train_cfg["iters"]) if train_cfg.get("iters") is not None else int(train_cfg["epochs"]) * per_epoch
+    return per_epoch, planned
+
+
 class Trainer:
     """Builds model, data, optimiser, schedule and criterion from a resolved config; ``fit()`` trains."""
 
@@ -372,8 +380,7 @@ class Trainer:
 
         # Iteration budget: an epoch is one pass over the training set at the global batch size.
         self.global_batch = t["batch_size"] * self.dist.world_size
-        self.iters_per_epoch = max(1, len(self.train_set) // self.global_batch)
-        self.max_iters = t["iters"] if t["iters"] is not None else t["epochs"] * self.iters_per_epoch
+        self.iters_per_epoch, self.max_iters = iteration_budget(len(self.train_set), self.global_batch, t)
         self.val_interval = (t["val_every_epochs"] * self.iters_per_epoch) if t["val_every_epochs"] else t["val_interval"]
 
         self.optimizer = build_optimizer(model, t["optimizer"])
