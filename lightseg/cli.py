@@ -56,6 +56,10 @@ _side = _checked(int, lambda v: _min_size() <= v <= _max_side(),
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer (1 or more)")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 _share = _checked(float, lambda v: 0 <= v <= 1, "a share between 0 and 1 (0.1 = 10%)")
+# bench's call counts: beyond 10,000 calls of each backend a run would take hours at a paper's size, and a
+# typo (--runs 1000000) would look like a hang
+_bench_runs = _checked(int, lambda v: 1 <= v <= 10_000, "a count from 1 to 10000")
+_bench_warmup = _checked(int, lambda v: 0 <= v <= 10_000, "a count from 0 to 10000")
 
 
 # ---------------------------------------------------------------- verbs
@@ -332,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "installed, timed together, the fastest whose argmax agrees with fp32 PyTorch on >= 99%% marked")
     s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="eager backends: the arithmetic type (float16 is for CUDA)")
-    s.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
-    s.add_argument("--runs", type=_positive_int, default=None, help="timed calls (default: as many as fit the time budget, 3..100)")
+    s.add_argument("--warmup", type=_bench_warmup, default=None, help="untimed calls first (default: until two calls agree within 10%%)")
+    s.add_argument("--runs", type=_bench_runs, default=None, help="timed calls (default: as many as fit the time budget, 3..100)")
     s.add_argument("--peak", action="store_true", help="measure this machine's fp32 ceiling (fastest conv/GEMM kernel) and copy bandwidth")
     s.add_argument("--roofline", action="store_true",
                    help="per model: FLOPs, minimum bytes, the compute and memory bounds, and each backend's efficiency")

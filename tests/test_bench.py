@@ -247,6 +247,12 @@ def test_bench_errors_exit_2(capsys):
     assert "--all-models" in capsys.readouterr().err
     assert main(["bench", "--model", "rdsnet", "--backend", "onnxruntime", "--dtype", "bfloat16"]) == 2
     assert "float32 only" in capsys.readouterr().err
+    for flag, value in (("--runs", "1000000"), ("--runs", "0"), ("--warmup", "-1")):
+        with pytest.raises(SystemExit) as exit_:  # argparse's refusal: usage and the message, exit 2
+            main(["bench", "--model", "rdsnet", flag, value])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and value in err and "10000" in err and "Traceback" not in err
 
 
 def test_all_models_uses_paper_sizes(monkeypatch, capsys):
