@@ -13,12 +13,14 @@ import functools
 import platform
 from dataclasses import dataclass, field
 
-# The features reported, in this order: the SIMD width, and whether an int8 dot product accumulates in int32
-# (VNNI, AVX-VNNI, AMX on x86; the dot-product extension on ARM, which Linux calls asimddp).
-ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "asimddp")
+# The features reported, in this order: the SIMD width, whether an int8 dot product accumulates in int32
+# (VNNI, AVX-VNNI, AMX on x86; the dot-product extension on ARM, which Linux calls asimddp), and whether the CPU
+# computes in bfloat16 or float16 (OpenVINO's default precision follows them: avx512_bf16, amx_bf16).
+ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "asimddp",
+                "avx512_bf16", "amx_bf16", "avx512_fp16")
 # numpy's names for them (numpy._core._multiarray_umath.__cpu_features__).
 _NUMPY_NAMES = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
-                "AVX512VNNI": "avx512_vnni", "ASIMDDP": "asimddp"}
+                "AVX512VNNI": "avx512_vnni", "ASIMDDP": "asimddp", "AVX512_SPR": "avx512_fp16"}
 # Other spellings of the same feature (macOS and some kernels say dotprod).
 _ALIASES = {"dotprod": "asimddp", "avxvnni": "avx_vnni", "avx512vnni": "avx512_vnni"}
 
