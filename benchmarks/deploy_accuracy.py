@@ -2,6 +2,7 @@
 precision, each row one ``lightseg eval`` command run as a user runs it (a process of its own).
 
     .venv/bin/python benchmarks/deploy_accuracy.py --data-root ../shared/data/camvid   # -> results/deploy_accuracy.json
+    .venv/bin/python benchmarks/deploy_accuracy.py --render benchmarks/results/deploy_accuracy.json  # the docs' table
 
 Each row is ``lightseg eval RECIPE --weights camvid --backend B [--precision P] --data-root DIR --device cpu``;
 ``onnxruntime_int8`` adds ``--calib DIR/train`` (calibrated on training images, never on val). The change
@@ -46,12 +47,38 @@ def eval_row(recipe, weights, backend, precision, data_root, work):
     return row
 
 
+def markdown(rows) -> str:
+    """One row per path, one column per shipped weight: mIoU (change against eager fp32), marked where it loses
+    more than MAX_LOSS points."""
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    paths = list(dict.fromkeys((r["backend"], r["precision"]) for r in rows))
+    out = ["| backend | precision | " + " | ".join(f"`{r}` val mIoU (change)" for r in recipes) + " |",
+           "|---|---|" + "---|" * len(recipes)]
+    for backend, precision in paths:
+        cells = []
+        for recipe in recipes:
+            r = next((x for x in rows if x["recipe"] == recipe and (x["backend"], x["precision"]) == (backend, precision)), None)
+            if r is None or "miou" not in r:
+                cells.append("-" if r is None else f"failed: {r['error']}")
+                continue
+            mark = " **loses more than %g**" % MAX_LOSS if r.get("loses_more_than_max") else ""
+            cells.append(f"{100 * r['miou']:.2f} ({r.get('miou_change_vs_eager', 0):+.2f}){mark}")
+        out.append(f"| {backend} | {precision or '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", required=True, help="the CamVid folder (train, val and their annot folders)")
+    p.add_argument("--render", default=None, metavar="JSON", help="print the markdown table of a results file and stop")
+    p.add_argument("--data-root", default=None, help="the CamVid folder (train, val and their annot folders)")
     p.add_argument("--recipes", nargs="+", default=[r for r, _ in WEIGHTS])
     p.add_argument("--out", default="deploy_accuracy.json")
     args = p.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())["records"]))
+        return
+    if not args.data_root:
+        p.error("--data-root is needed to run the evals (or --render a results file)")
     cond = conditions()
     rows = []
     with tempfile.TemporaryDirectory(prefix="lightseg-deploy-accuracy-") as work:
@@ -70,6 +97,7 @@ def main():
             r["loses_more_than_max"] = r["miou_change_vs_eager"] < -MAX_LOSS
     save(args.out, {"conditions": cond, "max_loss_points": MAX_LOSS, "records": rows,
                     "threads": os.environ.get("OMP_NUM_THREADS")})
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
