@@ -43,7 +43,7 @@ def _openvino():
 
 @functools.lru_cache(maxsize=None)
 def core():
-    """The one ``openvino.Core`` of this process: every OpenVINO model lightseg reads or compiles goes through it.
+    """The one ``openvino.Core`` of this process: every OpenVINO model lightseg compiles goes through it.
 
     Why one: each Core makes its own CPU plugin, and each CPU plugin, when made, installs a fresh signal
     stack (``sigaltstack``) on the calling thread, remembering the one before it; when it is released it

@@ -170,9 +170,11 @@ def missing_extra(package: str, extra: str, what: str) -> LightsegError:
 
 def openvino_rt_metadata(path) -> str | None:
     """The lightseg JSON in an OpenVINO model's rt_info, or None."""
-    from .format_openvino import core
-
-    model = core().read_model(str(path))  # the process's one Core (see core() for why one)
+    try:
+        import openvino as ov
+    except ImportError:
+        raise missing_extra("openvino", "openvino", "an OpenVINO model") from None
+    model = ov.Core().read_model(str(path))
     return model.get_rt_info([OPENVINO_KEY]).astype(str) if model.has_rt_info([OPENVINO_KEY]) else None
 
 
