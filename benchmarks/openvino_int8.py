@@ -19,19 +19,19 @@ import torch
 from _common import conditions, save
 
 from lightseg.deploy.export import export_to_bytes, ort_session
-from lightseg.deploy.format_openvino import _openvino
+from lightseg.deploy.format_openvino import _openvino, core
 from lightseg.deploy.quantize import calibration_images, quantize_onnx
 from lightseg.models import create_model
 
 
-def openvino_call(core, data: bytes, x, work, hint=None):
+def openvino_call(data: bytes, x, work, hint=None):
     ov = _openvino()
     path = Path(work) / f"m{len(list(Path(work).iterdir()))}.onnx"
     path.write_bytes(data)
     config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
     if hint:
         config["INFERENCE_PRECISION_HINT"] = hint
-    compiled = core.compile_model(ov.convert_model(str(path)), "CPU", config)
+    compiled = core().compile_model(ov.convert_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
     return lambda: request.infer({0: x})[compiled.output(0)].copy()
 
@@ -45,7 +45,6 @@ def main():
     args = p.parse_args()
     cond = conditions()
     ov = _openvino()
-    core = ov.Core()
     size = tuple(args.size)
     rows = []
     for name in args.models:
@@ -55,10 +54,10 @@ def main():
         session = ort_session(int8, "cpu", spinning=False)
         with tempfile.TemporaryDirectory(prefix="lightseg-ov-int8-") as work:
             calls = {
-                "peer_openvino (plain export, OpenVINO's default precision)": openvino_call(core, export_to_bytes(net, size, fuse=False), x, work),
-                "openvino f32 (lightseg's export)": openvino_call(core, export_to_bytes(net, size), x, work, ov.Type.f32),
+                "peer_openvino (plain export, OpenVINO's default precision)": openvino_call(export_to_bytes(net, size, fuse=False), x, work),
+                "openvino f32 (lightseg's export)": openvino_call(export_to_bytes(net, size), x, work, ov.Type.f32),
                 "onnxruntime_int8 (lightseg's int8 ONNX)": lambda: session.run(None, {session.get_inputs()[0].name: x})[0],
-                "openvino on lightseg's int8 ONNX": openvino_call(core, int8, x, work),
+                "openvino on lightseg's int8 ONNX": openvino_call(int8, x, work),
             }
             with torch.inference_mode():
                 ref = net(torch.from_numpy(x))

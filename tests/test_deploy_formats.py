@@ -115,3 +115,34 @@ def test_openvino_precision_follows_the_cpu():
     assert default_precision(cpu_from_flags("avx2 avx512f avx512_vnni")) == "f32"
     assert default_precision(cpu_from_flags("avx512f avx512_bf16")) == "bf16"
     assert default_precision(cpu_from_flags("amx_tile amx_bf16 amx_int8")) == "bf16"
+
+
+# lightseg's OpenVINO runners made and released in the order bench makes them (its openvino and peer_openvino
+# rows), then a signal whose handler runs on the thread's alternate signal stack (Python installs its handlers
+# with SA_ONSTACK). With one openvino.Core per runner, the stack left installed was unmapped memory and the
+# kernel killed the process with SIGSEGV here; a DataLoader worker's SIGCHLD did the same in the test suite.
+RUNNERS_RELEASED_THEN_A_SIGNAL = r"""
+import gc, os, signal, sys, tempfile
+import lightseg
+from lightseg.deploy.bench import PeerOpenVINO
+from lightseg.deploy.format_openvino import OpenVINOModel, convert
+
+model = lightseg.create_model("mininet_95k", num_classes=2).eval()
+xml = convert(model, (64, 64), tempfile.mkdtemp(), "m.xml")
+runners = [OpenVINOModel(xml, precision="f32"), OpenVINOModel(xml, precision="f32"), PeerOpenVINO(model)]
+runners[2].prepare((1, 3, 64, 64))
+while runners:
+    runners.pop(0)
+    gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+
+
+def test_openvino_runners_released_in_order_leave_signals_working():
+    import subprocess
+    import sys
+
+    _needs("openvino")
+    run = subprocess.run([sys.executable, "-c", RUNNERS_RELEASED_THEN_A_SIGNAL], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.split() == ["handled"], (run.returncode, run.stdout, run.stderr[-2000:])

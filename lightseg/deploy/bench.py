@@ -230,7 +230,7 @@ class PeerOpenVINO:
         from pathlib import Path
 
         from .export import export_to_bytes
-        from .format_openvino import _openvino
+        from .format_openvino import _openvino, core
 
         ov = _openvino()
         with torch.inference_mode(False):
@@ -238,8 +238,8 @@ class PeerOpenVINO:
         with tempfile.TemporaryDirectory(prefix="lightseg-") as work:
             onnx_path = Path(work) / "model.onnx"
             onnx_path.write_bytes(data)
-            compiled = ov.Core().compile_model(ov.convert_model(str(onnx_path)), "CPU",
-                                               {"INFERENCE_NUM_THREADS": int(self.num_threads)})
+            compiled = core().compile_model(ov.convert_model(str(onnx_path)), "CPU",
+                                            {"INFERENCE_NUM_THREADS": int(self.num_threads)})
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16", "f32", "f16"
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.request = compiled.create_infer_request()

@@ -14,6 +14,7 @@ Tolerances against PyTorch fp32 (:data:`TOLERANCE`): f32 as ONNX (max |logit dif
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -38,6 +39,20 @@ def _openvino():
     except ImportError:
         raise missing_extra("openvino", EXTRA, "the OpenVINO format") from None
     return openvino
+
+
+@functools.lru_cache(maxsize=None)
+def core():
+    """The one ``openvino.Core`` of this process: every OpenVINO model lightseg compiles goes through it.
+
+    Why one: each Core makes its own CPU plugin, and each CPU plugin, when made, installs a fresh signal
+    stack (``sigaltstack``) on the calling thread, remembering the one before it; when it is released it
+    unmaps its stack and puts back the remembered one only if its own is still current. Two plugins released
+    in the order they were made (bench's ``openvino`` and ``peer_openvino`` rows, two runtimes garbage-collected)
+    leave the thread's signal stack on the first plugin's unmapped memory, and the next signal handled there
+    (SIGCHLD from a DataLoader worker, Ctrl-C) is a SIGSEGV from the kernel. One Core means one plugin,
+    released only at exit."""
+    return _openvino().Core()
 
 
 def default_precision(cpu=None) -> str:
@@ -76,12 +91,10 @@ class OpenVINOModel:
     ``precision``: the INFERENCE_PRECISION_HINT (:func:`resolve_precision`); ``num_threads``: default torch's."""
 
     def __init__(self, path, precision=None, num_threads=None):
-        ov = _openvino()
         self.precision = resolve_precision(precision)
-        core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": _OV_TYPES[self.precision], "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": int(num_threads or torch.get_num_threads())}
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.compiled = core().compile_model(core().read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.input_shape = tuple(int(d) for d in self.compiled.input(0).get_shape())
 
