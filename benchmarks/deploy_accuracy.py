@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import conditions, save
+from _common import RESULTS, conditions, save
 
 MAX_LOSS = 0.5  # mIoU points
 WEIGHTS = (("mininet_211k_camvid", "camvid"), ("rdsnet_camvid", "camvid"), ("mininet_95k_camvid", "camvid"))
@@ -73,6 +73,8 @@ def main():
     p.add_argument("--data-root", default=None, help="the CamVid folder (train, val and their annot folders)")
     p.add_argument("--recipes", nargs="+", default=[r for r, _ in WEIGHTS])
     p.add_argument("--out", default="deploy_accuracy.json")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other recipes' rows of --out and replace only those of --recipes (after new weights)")
     args = p.parse_args()
     if args.render:
         print(markdown(json.loads(Path(args.render).read_text())["records"]))
@@ -90,6 +92,9 @@ def main():
                 row = eval_row(recipe, weights, backend, precision, args.data_root, work)
                 rows.append(row)
                 print(f"  {row.get('miou', row.get('error'))} ({row['wall_s']} s)", file=sys.stderr, flush=True)
+    if args.update and (RESULTS / args.out).exists():
+        kept = [r for r in json.loads((RESULTS / args.out).read_text())["records"] if r["recipe"] not in args.recipes]
+        rows = kept + rows
     for r in rows:
         base = next((b for b in rows if b["recipe"] == r["recipe"] and b["backend"] == "eager" and "miou" in b), None)
         if base and "miou" in r:

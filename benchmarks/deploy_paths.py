@@ -4,6 +4,7 @@ one table with each model's fastest accurate lightseg path against the faster pe
 OpenVINO at its default precision on the plain export).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/deploy_paths.py   # -> results/deploy_paths.json, a markdown table
+    .venv/bin/python benchmarks/deploy_paths.py --render benchmarks/results/deploy_paths.json   # the docs' tables
 
 "Accurate": for a model with shipped CamVid weights, the path's CamVid val mIoU is within
 ``deploy_accuracy.MAX_LOSS`` points of eager fp32 PyTorch in ``results/deploy_accuracy.json``
@@ -57,12 +58,39 @@ def accurate(record, verdicts):
     return record["argmax_agreement"] >= 99.0, "argmax agreement"
 
 
+def render(records, summary) -> str:
+    """Per model: each path's median ms and its paired ratio to the faster peer, the end-to-end ms of the
+    fastest accurate path; then the verdict table."""
+    backends = list(dict.fromkeys(r["backend"] for r in records))
+    out = ["| model | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+    for name in dict.fromkeys(r["model"] for r in records):
+        cells = []
+        for b in backends:
+            r = next((r for r in records if r["model"] == name and r["backend"] == b), None)
+            cells.append("-" if r is None else f"{r['latency_ms_median']:.1f} ({r['vs_best_peer']:.2f}x)"
+                         + ("" if r["accurate"] or b in PEERS else " ¹"))
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "| model | lightseg's fastest accurate path | ms | end to end ms | faster peer | ms | end to end ms | ratio (paired) | >= 1.2x |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        peer = next(r for r in records if r["model"] == s["model"] and r["backend"] == s["peer"])
+        out.append(f"| {s['model']} | {s['best']}{' ' + s['best_precision'] if s['best_precision'] else ''} | {s['best_ms']:.1f} | "
+                   f"{s['e2e_ms']:.1f} | {s['peer']}{' ' + s['peer_precision'] if s['peer_precision'] else ''} | {s['peer_ms']:.1f} | "
+                   f"{peer.get('e2e_ms_median', 0):.1f} | {s['vs_best_peer']:.2f}x | {'yes' if s['target_met'] else '**no**'} |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--render", default=None, metavar="JSON", help="print the docs' tables of a results file and stop")
     p.add_argument("--models", nargs="+", default=MODELS)
     p.add_argument("--size", nargs=2, default=["512", "1024"], metavar=("H", "W"))
     p.add_argument("--out", default="deploy_paths.json")
     args = p.parse_args()
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        print(render(data["records"], data["summary"]))
+        return
     cond = conditions()
     lightseg = str(Path(sys.executable).with_name("lightseg"))
     records = []
