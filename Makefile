@@ -14,12 +14,15 @@ $(BIN)/lightseg: pyproject.toml setup.py constraints.txt
 .PHONY: venv test demo clean
 venv: $(BIN)/lightseg
 
-# pytest-xdist runs the suite in one worker per core (one torch thread each: tests/conftest.py): on the 2-core
-# CI machine the suite took 4 min 48 s this way (quiet Intel Xeon, 2026-12-02). Each worker loads the OpenVINO, ExecuTorch and ncnn
-# runtimes beside torch as a user's `lightseg bench --backend all` does (lightseg.deploy.format_openvino.core
-# says why that once crashed).
+# pytest-xdist runs the suite in one worker per core (one torch thread each: tests/conftest.py). The test files
+# that load the OpenVINO, ExecuTorch and ncnn runtimes run after the rest, each in pytest processes of their own:
+# with them in the same workers, a worker still crashed with SIGSEGV in a later, unrelated test (in Python code,
+# argparse's re.compile) after the one-Core fix for OpenVINO's signal stack (lightseg.deploy.format_openvino.core),
+# so a second native fault remains; each file alone passes.
+DEPLOY_RUNTIME_TESTS := tests/test_bench.py tests/test_deploy_eval.py tests/test_deploy_formats.py tests/test_deploy_auto.py
 test: venv
-	$(BIN)/python -m pytest -q -n auto tests
+	$(BIN)/python -m pytest -q -n auto tests $(addprefix --ignore=,$(DEPLOY_RUNTIME_TESTS))
+	for t in $(DEPLOY_RUNTIME_TESTS); do $(BIN)/python -m pytest -q -n auto $$t || exit 1; done
 
 demo: venv
 	$(BIN)/python -m lightseg.demo $(if $(DATA),--data $(DATA),) $(if $(ITERS),--iters $(ITERS),)
