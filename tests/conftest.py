@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# make test runs two pytest-xdist workers on the 2-core CI machine: one thread each keeps the cores at one
+# thread apiece (two 2-thread workers would make libgomp's and ONNX Runtime's pools fight over them).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parents[1]
 

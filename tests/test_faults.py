@@ -218,12 +218,22 @@ def test_predict_refuses_a_video_whose_frames_cannot_fit_before_decoding_one(wor
         writer.write(np.zeros((768, 1024, 3), np.uint8))
     writer.release()
 
-    class CountingCapture(cv2.VideoCapture):
+    real_capture = cv2.VideoCapture
+
+    class CountingCapture:
+        """Counts the frames read. A wrapper, not a Python subclass of cv2.VideoCapture: with OpenCV 5 such a
+        subclass is freed through the wrong allocator and corrupts Python's heap, which crashed later tests."""
         reads = 0
+
+        def __init__(self, *args):
+            self._capture = real_capture(*args)
 
         def read(self, *args):
             CountingCapture.reads += 1
-            return super().read(*args)
+            return self._capture.read(*args)
+
+        def __getattr__(self, name):
+            return getattr(self._capture, name)
 
     monkeypatch.setattr(cv2, "VideoCapture", CountingCapture)
     monkeypatch.setattr("lightseg.deploy.predict.available_memory", lambda: 64 * 1024 ** 2)
