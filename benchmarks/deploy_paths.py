@@ -115,19 +115,7 @@ def main():
                         "peer": peer["backend"], "peer_precision": peer.get("precision"), "peer_ms": peer["latency_ms_median"],
                         "vs_best_peer": best["vs_best_peer"], "target_met": best["vs_best_peer"] >= TARGET,
                         "e2e_ms": best.get("e2e_ms_median")})
-    print("| model | backend | precision | median ms | x faster peer | e2e ms (720x1280 JPEG) | argmax agree % | accurate (by) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in records:
-        print(f"| {r['model']} | {r['backend']} | {r.get('precision') or '-'} | {r['latency_ms_median']:.1f} | "
-              f"{r['vs_best_peer']:.2f}x | {r.get('e2e_ms_median', 0):.1f} | {r['argmax_agreement']:.2f} | "
-              f"{'yes' if r['accurate'] else 'no'} ({r['accurate_by']}) |")
-    print()
-    print("| model | lightseg's fastest accurate path | ms | faster peer | ms | ratio (paired) | >= 1.2x |")
-    print("|---|---|---|---|---|---|---|")
-    for s in summary:
-        print(f"| {s['model']} | {s['best']}{' ' + s['best_precision'] if s['best_precision'] else ''} | {s['best_ms']:.1f} | "
-              f"{s['peer']}{' ' + s['peer_precision'] if s['peer_precision'] else ''} | {s['peer_ms']:.1f} | "
-              f"{s['vs_best_peer']:.2f}x | {'yes' if s['target_met'] else 'no'} |")
+    print(render(records, summary))
     save(args.out, {"conditions": cond, "max_loss_points": max_loss, "records": records, "summary": summary})
 
 

@@ -155,9 +155,8 @@ FINGERPRINT_KIND = "name-size-edges"
 def _file_edges(path, st_size: int) -> bytes:
     with open(path, "rb") as f:
         head = f.read(FINGERPRINT_EDGE_BYTES)
-        if st_size <= 2 * FINGERPRINT_EDGE_BYTES:
-            return head + f.read()
-        f.seek(-FINGERPRINT_EDGE_BYTES, 2)
+        if st_size > 2 * FINGERPRINT_EDGE_BYTES:  # else the rest is the end
+            f.seek(-FINGERPRINT_EDGE_BYTES, 2)
         return head + f.read()
 
 

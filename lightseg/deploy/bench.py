@@ -254,19 +254,16 @@ def end_to_end_call(runner, size, device, source=E2E_SOURCE, normalize="imagenet
     resize and normalise, ``runner``, scores back at ``source`` size, argmax. Returns the label map."""
     import cv2
 
-    from ..data.base import NORMALIZATIONS
     from ..data.synthetic import render_scene
     from ..inference import argmax_classes, predict_scores
     from .segmenter import prepare_images
 
     rgb, _ = render_scene(np.random.default_rng(0), source)
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    mean, std = NORMALIZATIONS[normalize]
-    mean, inv_std = [np.float32(m) for m in mean], [np.float32(1.0 / v) for v in std]
+    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
     def call():
         image = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        x = prepare_images([image], size, mean, inv_std).to(device)
+        x = prepare_images([image], size, normalize).to(device)
         with torch.inference_mode():
             return argmax_classes(predict_scores(runner, x, tuple(source)))
 

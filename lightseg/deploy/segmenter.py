@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.base import read_image
+from ..data.base import NORMALIZATIONS, read_image
 from ..errors import LightsegError
 from ..inference import argmax_classes, check_mode, predict_scores
 from .metadata import read_metadata
@@ -116,10 +116,13 @@ def _images_of(item, order: str) -> tuple[list[np.ndarray], bool]:
     return images, batch
 
 
-def prepare_images(images, size, mean, inv_std) -> torch.Tensor:
+def prepare_images(images, size, normalize) -> torch.Tensor:
     """Same-size RGB uint8 images -> the normalised (N, 3, H, W) float32 batch, resized (bilinear) to ``size``
-    (H, W) when given: ``(pixel - mean[c]) * inv_std[c]`` channel by channel in numpy, a fraction of the time
-    torch's broadcast takes. What :meth:`Segmenter.prepare` runs and ``lightseg bench`` times end to end."""
+    (H, W) when given: ``(pixel - mean[c]) / std[c]`` of the ``normalize`` statistics (``NORMALIZATIONS``),
+    channel by channel in numpy, a fraction of the time torch's broadcast takes. What :meth:`Segmenter.prepare`
+    runs and ``lightseg bench`` times end to end."""
+    mean, std = NORMALIZATIONS[normalize]
+    mean, inv_std = [np.float32(m) for m in mean], [np.float32(1.0 / s) for s in std]
     images = [_check_rgb(img) for img in images]
     if any(img.shape != images[0].shape for img in images):
         raise LightsegError("a batch needs images of one size; call the Segmenter on a list to group them")
@@ -198,7 +201,6 @@ class Segmenter:
     def __init__(self, model, classes=None, palette=None, normalize=None, backend="eager", device="auto", size=None,
                  mode="whole", crop=None, stride=None, calibration=None, calibration_count=None, int8_mode=None,
                  num_threads=None, ort_spinning=None, channel_order="rgb", precision=None):
-        from ..data.base import NORMALIZATIONS
         from ..viz import palette_for
 
         self.metadata = None
@@ -243,9 +245,6 @@ class Segmenter:
         self.normalize = normalize or getattr(described, "normalize", None) or "imagenet"
         if self.normalize not in NORMALIZATIONS:
             raise LightsegError(f"normalize {self.normalize!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
-        mean, std = NORMALIZATIONS[self.normalize]
-        self._mean = [np.float32(m) for m in mean]
-        self._inv_std = [np.float32(1.0 / s) for s in std]
         self.backend = backend
         self.runtime = Runtime(model, backend=backend, device=device, input_size=size, calibration=calibration,
                                calibration_count=calibration_count, normalize=self.normalize, int8_mode=int8_mode,
@@ -285,7 +284,7 @@ class Segmenter:
     def prepare(self, images) -> torch.Tensor:
         """Same-size RGB uint8 images -> the normalised (N, 3, H, W) float batch the model takes (resized
         to ``size`` when given). Channel by channel in numpy: a fraction of the time torch's broadcast takes."""
-        return prepare_images(images, self.size, self._mean, self._inv_std)
+        return prepare_images(images, self.size, self.normalize)
 
     def scores(self, x: torch.Tensor, out_size) -> torch.Tensor:
         """The model on a prepared batch: scores (N, C, *out_size) whose argmax is the label map

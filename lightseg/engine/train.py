@@ -554,25 +554,23 @@ class Trainer:
         forced."""
         saved = ckpt.get("data_samples") or []
         changed = [i for i, (a, b) in enumerate(zip(saved, self.data_samples)) if a != b]
+        fix = ". Restore those files, or pass --force-override to train on with the new data"
         if changed and ckpt.get("data_fingerprint_kind") != self.data_fingerprint_kind:
-            what = ("it was saved by an earlier lightseg, whose fingerprint of the training files included their "
-                    "modification times, which a copy of the data (another machine or folder) changes; if the files "
-                    "are the ones it trained on")
-            msg = f"{self.resume_ckpt}: the training data cannot be compared with what the run saw: {what}"
-            if not self.force_override:
-                raise ConfigError(msg + ", pass --force-override (the next save records a fingerprint that copies keep)")
-            if self.dist.is_main:
-                print(f"lightseg train: --force-override: {msg}", file=sys.stderr)
-            return
-        if changed:
-            named = "; ".join(" and ".join(map(str, self.train_set.files[i])) for i in changed[:3])
-            what = (f"{len(changed)} of {len(self.data_samples)} training samples have files of another size or "
-                    f"content than when it was saved: {named}" + (" ..." if len(changed) > 3 else ""))
+            msg = (f"{self.resume_ckpt}: the training data cannot be compared with what the run saw: it was saved by "
+                   "an earlier lightseg, whose fingerprint of the training files included their modification times, "
+                   "which a copy of the data (another machine or folder) changes; if the files are the ones it "
+                   "trained on")
+            fix = ", pass --force-override (the next save records a fingerprint that copies keep)"
         else:
-            what = "the training set's classes or label mapping changed"
-        msg = f"{self.resume_ckpt}: the training data changed since the run saved it: {what}"
+            if changed:
+                named = "; ".join(" and ".join(map(str, self.train_set.files[i])) for i in changed[:3])
+                what = (f"{len(changed)} of {len(self.data_samples)} training samples have files of another size or "
+                        f"content than when it was saved: {named}" + (" ..." if len(changed) > 3 else ""))
+            else:
+                what = "the training set's classes or label mapping changed"
+            msg = f"{self.resume_ckpt}: the training data changed since the run saved it: {what}"
         if not self.force_override:
-            raise ConfigError(msg + ". Restore those files, or pass --force-override to train on with the new data")
+            raise ConfigError(msg + fix)
         if self.dist.is_main:
             print(f"lightseg train: --force-override: {msg}", file=sys.stderr)
 
