@@ -12,7 +12,9 @@ rounds, so every ratio compares runs that saw the same machine.
 
 Variants: ``lightseg`` (what ``lightseg train`` runs: channels_last, the recipe's optimiser and loss),
 ``plain`` (NCHW, torch.optim defaults, the loss written out plainly), and candidates on top of lightseg's:
-``foreach`` / ``fused`` (Adam's multi-tensor / fused CPU kernels), ``nchw`` (lightseg without channels_last).
+``foreach`` / ``fused`` (Adam's multi-tensor / fused CPU kernels), ``nchw`` (lightseg without channels_last),
+``nchw_logits`` (the low-resolution logits made NCHW before they are upsampled and scored), ``compile_loss``
+/ ``compile_loss_nchw`` (``torch.compile`` of the loss: upsampling and cross-entropy fused), ``compile_model``.
 Random images and labels of the recipe's crop; the model, not the loader, is timed (``--loader`` times that).
 Prints images/s and the ratio to the plain loop; ``--json NAME`` saves benchmarks/results/NAME.
 """
@@ -57,6 +59,19 @@ def plain_loss(outputs, labels, aux_weights, aux_mode):
     return loss
 
 
+class NCHWLogits(torch.nn.Module):
+    """The model with its low-resolution logits made NCHW before they are upsampled to the crop and scored."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x):
+        logits, aux = self.inner.forward_features(x)
+        logits = F.interpolate(logits.contiguous(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"out": logits, "aux": [a.contiguous() for a in aux]} if aux else logits
+
+
 class Step:
     """One variant's model, optimiser and loss; ``__call__`` runs one update on the batch."""
 
@@ -80,6 +95,8 @@ class Step:
             self.optimizer = build_optimizer(self.model, opt)
             if variant in ("foreach", "fused"):  # the same optimiser with torch's faster kernels
                 self.optimizer = type(self.optimizer)(self.optimizer.param_groups, **{variant: True})
+            if variant in ("nchw_logits", "compile_loss_nchw"):
+                self.model = NCHWLogits(self.model)
             criterion = build_criterion(t["loss"], num_classes, IGNORE, None, aux_names,
                                         getattr(self.model, "aux_weights", None))
 
@@ -87,7 +104,9 @@ class Step:
                 value = criterion(out, y)
                 return value[0] if isinstance(value, tuple) else value
 
-            self.loss = loss
+            self.loss = torch.compile(loss) if variant.startswith("compile_loss") else loss
+            if variant == "compile_model":
+                self.model = torch.compile(self.model)
 
     def __call__(self, images, labels):
         if self.channels_last:
@@ -115,8 +134,11 @@ def time_models(models, variants, rounds, steps, threads):
         n_cls = cfg["model"]["num_classes"]
         images, labels = batch(cfg, n_cls)
         steppers = {v: Step(name, cfg, v, n_cls) for v in variants}
-        for s in steppers.values():  # warm-up: oneDNN primitives, allocator
+        warmup = {}
+        for v, s in steppers.items():  # warm-up: oneDNN primitives, allocator, torch.compile's compiling
+            t0 = time.perf_counter()
             s(images, labels)
+            warmup[v] = time.perf_counter() - t0
         times = {v: [] for v in variants}
         order = list(variants)
         for r in range(rounds):
@@ -131,7 +153,7 @@ def time_models(models, variants, rounds, steps, threads):
         rec = {"model": name, "batch": n, "crop": list(images.shape[-2:]), "threads": threads,
                "optimizer": cfg["train"]["optimizer"]["name"], "rounds": rounds, "steps_per_round": steps,
                "variants": {v: {"s_per_step_median": statistics.median(ts), "images_per_s": n / statistics.median(ts),
-                                "s_per_step_all": ts} for v, ts in times.items()}}
+                                "s_per_step_all": ts, "first_step_s": warmup[v]} for v, ts in times.items()}}
         if "plain" in times:
             base = statistics.median(times["plain"])
             for v, ts in times.items():  # ratio round by round: each pair saw the same machine

@@ -145,6 +145,7 @@ SCHEMA: dict[str, Rule] = {
     "data.val_split": _SPLIT,
     "data.normalize": _choice("imagenet", "minus_one_one"),
     "data.num_workers": _int(0),
+    "data.on_device": _bool(),
     "data.image_dir": _str(null=True),
     "data.label_dir": _str(null=True),
     "data.list_file": _str(null=True),

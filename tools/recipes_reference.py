@@ -38,6 +38,9 @@ MEANING = {
     "data.normalize": "input normalisation: `imagenet` (torchvision's mean and std) or `minus_one_one` (x / 127.5 - 1); "
                       "recorded in checkpoints, and `eval` refuses weights trained with another",
     "data.num_workers": "data-loading processes; lowered to the CPUs this process may use",
+    "data.on_device": "decode the training set once into the training device's memory and augment each batch "
+                      "there with one `grid_sample` (for a GPU, which a CPU loader cannot keep busy with a small "
+                      "network); the same augmentations, not the same pixels (`lightseg.data.on_device`)",
     "data.image_dir": "folder datasets: the image folder under `data.root`, `{split}` replaced by the split name",
     "data.label_dir": "folder datasets: the label PNG folder (same stems as the images), `{split}` replaced",
     "data.list_file": "folder datasets, instead of the two folders: a list of `image label` lines per split "

@@ -37,6 +37,9 @@ DEFAULT_DATA_CFG = {
     "val_split": "val",
     "normalize": "imagenet",
     "num_workers": 2,
+    # true: decode the training set once into the training device's memory and augment each batch there
+    # (lightseg.data.on_device): for a GPU, which a CPU loader cannot keep busy with a small network
+    "on_device": False,
     "image_dir": None,
     "label_dir": None,
     "list_file": None,

@@ -336,6 +336,15 @@ class Trainer:
 
         check_train_sizes(self.train_set, merged_data_cfg(cfg["data"])["train_transforms"])
         self._check_val_split()
+        self.device_train_set = None
+        if cfg["data"].get("on_device"):
+            from ..data import loader_workers
+            from ..data.on_device import DeviceTrainSet
+
+            self.device_train_set = DeviceTrainSet(
+                self.train_set, merged_data_cfg(cfg["data"])["train_transforms"], self.device,
+                workers=max(1, loader_workers(cfg["data"]["num_workers"], "lightseg train", self.dist.is_main)),
+                skip_bad=self.skip_bad)
 
         self.data_samples = sample_fingerprints(self.train_set)  # names, sizes, each file's first and last 16 KiB
         self.data_fingerprint = data_fingerprint(self.train_set, self.data_samples)
@@ -613,12 +622,21 @@ class Trainer:
         d, t = self.cfg["data"], self.cfg["train"]
         sampler = InfiniteBatchSampler(len(self.train_set), t["batch_size"], t["seed"], self.dist.rank,
                                        self.dist.world_size, start_iter=self.iteration)
+        if self.device_train_set is not None:
+            return self._device_batches(sampler)
         return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler,
                           num_workers=loader_workers(d["num_workers"], "lightseg train", self.dist.is_main),
                           collate_fn=collate_with_bad, pin_memory=self.device.type == "cuda",
                           worker_init_fn=_worker_init,
                           # DataLoader draws its workers' base seed from this, not from the global generator
                           generator=torch.Generator().manual_seed(t["seed"]))
+
+    def _device_batches(self, sampler):
+        """The sampler's batches augmented on the device (``data.on_device``), as the loader's triples."""
+        files = getattr(self.train_set, "files", None)
+        for samples in sampler:
+            images, labels, bad = self.device_train_set.batch(samples)
+            yield images, labels, [BadSample(i, files[i] if files is not None else None, why) for i, why in bad]
 
     # ------------------------------------------------------------ records and checkpoints
     def _log(self, record: dict) -> None:
