@@ -145,6 +145,25 @@ def test_images_of_different_sizes_are_refused_naming_two_of_them_and_the_fix(tm
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "s001.png is 80x96" in proc.stderr
 
 
+def test_a_training_set_that_cannot_fit_is_refused_before_it_is_allocated(data, monkeypatch):
+    import lightseg.bounds as bounds
+    import lightseg.data.on_device as on_device
+
+    def check_with(available):
+        def check(what, need, fix):  # bounds.check_fits as it runs with that much memory free (the per-image
+            with monkeypatch.context() as m:  # decode checks, which also read it, keep the machine's figure)
+                m.setattr(bounds, "available_memory", lambda: available)
+                return bounds.check_fits(what, need, fix)
+        return check
+
+    monkeypatch.setattr(on_device, "check_fits", check_with(40_000))  # 4 pairs of 48x64 need 49,152 bytes
+    with pytest.raises(DataError) as e:
+        _set(data)
+    assert "4 training samples of 48x64" in str(e.value) and "data.on_device: false" in str(e.value)
+    monkeypatch.setattr(on_device, "check_fits", check_with(60_000))
+    assert _set(data).images.shape == (4, 3, 48, 64)
+
+
 def test_a_bad_file_is_named_or_with_skip_bad_left_out_of_every_batch(data):
     (data / "train" / "s002.png").write_bytes(b"not a png")
     with pytest.raises(DataError) as e:

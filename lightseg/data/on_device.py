@@ -1,9 +1,9 @@
 """The training set held in the training device's memory and augmented there, a batch at a time.
 
-``data.on_device: true``. On a GPU the CPU loader is what limits a small network: MiniNet's step takes a few
-milliseconds there, while decoding, scaling and cropping one CamVid image takes a few on one core. This path
-decodes every training pair once (uint8, 0.7 MB per 360x480 CamVid pair, 25 MB per 1024x2048 Cityscapes
-pair) and then draws each batch with one ``grid_sample`` per batch on the device.
+``data.on_device: true``. On a GPU a small network's training step is short next to the time a few CPU cores
+take to decode, scale and crop its batch, so the loader, not the GPU, would set the pace. This path decodes
+every training pair once (uint8: 0.7 MB per 360x480 CamVid pair, 8.4 MB per 1024x2048 Cityscapes pair, 25 GB
+for Cityscapes' 2975 training pairs) and then draws each batch with one ``grid_sample`` on the device.
 
 It is the recipe's augmentation (``data.train_transforms``: resize, scale, translate, crop, flip, colour
 jitter, in that order), drawn anew for each sample, not the CPU pipeline's pixels:
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..bounds import check_fits
 from ..errors import ConfigError, DataError
 from .base import NORMALIZATIONS
 from .classes import IGNORE_INDEX
@@ -70,34 +71,45 @@ class DeviceTrainSet:
                 image, label = _resize_pair(image, label, resize)
             return i, image, label, None
 
-        pairs = {}
+        first = None  # the first readable pair fixes the size and the tensors; the rest are copied in as decoded
         with ThreadPoolExecutor(max(1, int(workers))) as pool:  # OpenCV decodes without the GIL
             for i, image, label, reason in pool.map(load, range(self.num_samples)):
                 if reason is not None:
                     self.bad[i] = reason
-                else:
-                    pairs[i] = (image, label)
-        if not pairs:
+                    continue
+                if first is None:
+                    first = i
+                    self._allocate(*image.shape[:2])
+                elif image.shape[:2] != (self.height, self.width):
+                    raise ConfigError(
+                        f"data.on_device keeps the training set in one tensor, but {self._name(first)} is "
+                        f"{self.height}x{self.width} and {self._name(i)} is {image.shape[0]}x{image.shape[1]}: set "
+                        "data.train_transforms.resize: [H, W] to bring them to one size, or data.on_device: false")
+                self.images[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(self.device)
+                self.labels[i] = torch.from_numpy(np.ascontiguousarray(label)).to(self.device)
+        if first is None:
             raise DataError("no training sample could be read; fix the files, or check data.root and data.train_split")
-        sizes = {}
-        for i, (image, _) in pairs.items():
-            sizes.setdefault(image.shape[:2], i)
-        if len(sizes) > 1:
-            (s1, i1), (s2, i2) = list(sizes.items())[:2]
-            raise ConfigError(f"data.on_device keeps the training set in one tensor, but {self._name(i1)} is "
-                              f"{s1[0]}x{s1[1]} and {self._name(i2)} is {s2[0]}x{s2[1]}: set "
-                              "data.train_transforms.resize: [H, W] to bring them to one size, or data.on_device: false")
-        self.height, self.width = next(iter(sizes))
-        self.images = torch.zeros((self.num_samples, 3, self.height, self.width), dtype=torch.uint8, device=self.device)
-        self.labels = torch.full((self.num_samples, self.height, self.width), IGNORE_INDEX, dtype=torch.uint8,
-                                 device=self.device)
-        for i, (image, label) in pairs.items():
-            self.images[i] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(self.device)
-            self.labels[i] = torch.from_numpy(np.ascontiguousarray(label)).to(self.device)
         mean, std = NORMALIZATIONS[dataset.normalize]
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.inv_std = (1.0 / torch.tensor(std, dtype=torch.float64)).float().to(self.device).view(1, 3, 1, 1)
         self.out_size = self._output_size()
+
+    def _allocate(self, height: int, width: int) -> None:
+        """The uint8 image and label tensors for every sample, refused beforehand when they cannot fit."""
+        self.height, self.width = height, width
+        need = self.num_samples * 4 * height * width
+        fix = ("train with data.on_device: false (the CPU loader reads each sample when it is drawn), or "
+               "bring the images down with data.train_transforms.resize")
+        what = f"data.on_device's {self.num_samples} training samples of {height}x{width}"
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if need > 0.8 * free:  # the rest is for the network's training step
+                raise DataError(f"{what} would take {need / 1e9:.1f} GB of the {free / 1e9:.1f} GB free on "
+                                f"{self.device}; {fix}")
+        elif self.device.type == "cpu":
+            check_fits(what, need, fix)
+        self.images = torch.zeros((self.num_samples, 3, height, width), dtype=torch.uint8, device=self.device)
+        self.labels = torch.full((self.num_samples, height, width), IGNORE_INDEX, dtype=torch.uint8, device=self.device)
 
     def _name(self, i: int) -> str:
         return str(self.files[i][0]) if self.files is not None and i < len(self.files) else f"sample {i}"
