@@ -1,6 +1,7 @@
 """data.on_device: the training set decoded once into the device's memory and augmented there. On the CPU
 these tests check each augmentation against the CPU pipeline's pixels (exact where both sample whole
 pixels), the errors, and that a run of the CLI with it stops and resumes exactly."""
+import shutil
 import subprocess
 import sys
 
@@ -207,12 +208,14 @@ def test_the_gpu_schedule_script_continues_a_run_starts_the_others_and_packs_eac
     data = make_camvid_like(tmp_path / "data", n_train=4, n_val=1)
     runs, out = tmp_path / "runs", tmp_path / "out"
     small = ["--set", "train.batch_size=2", "--set", "data.train_transforms.crop=[64,64]", "--set", "train.val_interval=0"]
-    tool = [sys.executable, str(ROOT / "tools" / "gpu_schedules.py"), "--data-root", str(data), "--runs", str(runs),
+    tool = [sys.executable, str(ROOT / "tools" / "gpu_schedules.py"), "run", "--data-root", str(data), "--runs", str(runs),
             "--device", "cpu", "--budget-s", "600", *small]
     first = subprocess.run([*tool, "--out", str(out / "1"), "--set", "train.iters=2", "--only", "mininet_95k_camvid_trainval"],
                            env=_env(), capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert load_checkpoint(runs / "mininet_95k_camvid_trainval" / "last.pt")["iteration"] == 2
+    here = tmp_path / "here"  # the run folders on the CPU machine, one of them at the state the GPU continues
+    shutil.copytree(runs / "mininet_95k_camvid_trainval", here / "mininet_95k_camvid_trainval")
     second = subprocess.run([*tool, "--out", str(out / "2"), "--set", "train.iters=4",
                              "--only", "mininet_95k_camvid_trainval", "rdsnet_camvid_trainval"],
                             env=_env(), capture_output=True, text=True, timeout=600)
@@ -226,3 +229,36 @@ def test_the_gpu_schedule_script_continues_a_run_starts_the_others_and_packs_eac
     assert ckpt["config"]["data"]["on_device"] is True and ckpt["train_samples"] == 5  # train + val
     with tarfile.open(out / "2" / "rdsnet_camvid_trainval.tar") as tar:
         assert sorted(tar.getnames()) == [f"rdsnet_camvid_trainval/{f}" for f in ("config.yaml", "last.pt", "log.jsonl")]
+
+    script = [sys.executable, str(ROOT / "tools" / "gpu_schedules.py")]
+    back = subprocess.run([*script, "unpack", str(out / "2"), "--into", str(here)], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert load_checkpoint(here / "mininet_95k_camvid_trainval" / "last.pt")["iteration"] == 4
+    assert load_checkpoint(here / "mininet_95k_camvid_trainval.before-gpu" / "last.pt")["iteration"] == 2  # kept
+    assert load_checkpoint(here / "rdsnet_camvid_trainval" / "last.pt")["iteration"] == 4
+    older = subprocess.run([*script, "unpack", str(out / "1"), "--into", str(here)], env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert older.returncode == 0 and "kept" in older.stdout  # the folder here has gone further: not replaced
+    assert load_checkpoint(here / "mininet_95k_camvid_trainval" / "last.pt")["iteration"] == 4
+
+    carry = tmp_path / "carry"
+    ready = subprocess.run([*script, "prepare", "--camvid", str(data), "--runs", str(here), "--into", str(carry)],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert ready.returncode == 0, ready.stderr[-2000:]
+    assert sorted(p.name for p in (carry / "camvid" / "train").iterdir()) == [f"s{i:03d}.png" for i in range(4)]
+    assert ready.stdout.count("exact, iteration 4") == 2
+    carried = load_checkpoint(carry / "runs" / "rdsnet_camvid_trainval" / "last.pt")
+    assert carried["optimizer"]["state"] and not carried.get("optimizer_moments_dropped")  # exact: Adam's moments too
+
+    # where the exact runs would not fit beside the checkout and the data, they travel as landed copies
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_schedules", ROOT / "tools" / "gpu_schedules.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.TRAVEL_LIMIT = tool.tracked_bytes() + tool.folder_bytes(data) + 1000
+    tool.prepare(argparse.Namespace(camvid=str(data), runs=str(here), into=str(tmp_path / "tight")))
+    landed = load_checkpoint(tmp_path / "tight" / "runs" / "rdsnet_camvid_trainval" / "last.pt")
+    assert landed["optimizer_moments_dropped"] and landed["iteration"] == 4
