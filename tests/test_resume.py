@@ -173,3 +173,44 @@ def test_a_landed_run_without_adam_moments_resumes_from_the_cli_on_its_schedule(
     assert [g["lr"] for g in end["optimizer"]["param_groups"]] == [g["lr"] for g in whole["optimizer"]["param_groups"]]
     assert any(not torch.equal(whole["model"][k], end["model"][k]) for k in whole["model"]
                if whole["model"][k].is_floating_point())
+
+
+def _sigterm_while_building(monkeypatch):
+    """SIGTERM to this process as the trainer builds its data and model (what a scheduler's stop, or Ctrl-C's
+    neighbour, does during a slow start), delivered at a known point instead of after a guessed delay."""
+    real = Trainer._build
+
+    def build(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_build", build)
+
+
+def test_sigterm_while_a_fresh_run_starts_exits_2_and_keeps_no_folder(tmp_path, reference, monkeypatch, capsys):
+    from lightseg.cli import main
+
+    data, _ = reference
+    recipe = tiny_recipe(tmp_path, data, iters=ITERS)
+    _sigterm_while_building(monkeypatch)
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM while starting" in err and "nothing was kept" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # taken back: the same command starts afresh
+    assert signal.getsignal(signal.SIGTERM) == handler  # the process's own handling is given back
+
+
+def test_sigterm_while_a_resume_starts_leaves_the_run_as_it_was(tmp_path, reference, monkeypatch, capsys):
+    from lightseg.cli import main
+
+    data, _ = reference
+    recipe = tiny_recipe(tmp_path, data, iters=4)
+    assert main(["train", str(recipe)]) == 0
+    run_dir = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    _sigterm_while_building(monkeypatch)
+    assert main(["train", "--resume", str(run_dir), "--set", "train.iters=8", "--force-override"]) == 2
+    err = capsys.readouterr().err
+    assert f"continue with lightseg train --resume {run_dir}" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before

@@ -248,6 +248,29 @@ class _StopRequest:
         return False
 
 
+class _StopWhileStarting:
+    """SIGTERM before the loop (decoding a training set onto the GPU, class weights, a first validation) ends the
+    start like a refused one, with a message, instead of the default kill: the start is taken back (a fresh
+    folder keeps nothing, a resumed run is untouched) and no lock file is left behind."""
+
+    def __init__(self, how: str):
+        self.how = how
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        raise TrainingInterrupted(f"stopped by SIGTERM while starting, before any iteration was trained; {self.how}")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
 # ---------------------------------------------------------------- trainer
 def _resolve_resume(resume, output_dir) -> tuple[Path, Path]:
     """-> (checkpoint path, run dir) for ``--resume`` given as 'auto', a run directory or a .pt file."""
@@ -801,7 +824,9 @@ class Trainer:
             # One process per run folder: a second one exits naming the first, before it writes anything (or,
             # when the folder is the recipe's own, takes the next free NAME2, ...). A failed start is taken back.
             claim = claim_run_dir(self.run_dir, fresh=self.resume_ckpt is None, next_free=self.next_free_dir)
-            with claim if main else contextlib.nullcontext(self.run_dir) as run_dir:
+            how = (f"nothing was changed: continue with lightseg train --resume {self.resume_ckpt.parent}"
+                   if self.resume_ckpt is not None else "nothing was kept")
+            with _StopWhileStarting(how), claim if main else contextlib.nullcontext(self.run_dir) as run_dir:
                 if run_dir != self.run_dir:
                     self._use_run_dir(run_dir)
                 try:
