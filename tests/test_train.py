@@ -451,3 +451,45 @@ def test_val_lines_print_on_their_own_rows_beside_the_bars(tmp_path, capsys):
     assert "\rval" in err  # validation draws its own progress bar (named val) ...
     assert not any(r.lstrip().startswith("val") for r in rows)  # the val bar is gone once validation ends (leave=False)
     assert any(r.startswith("train mininet_95k") for r in rows)  # the training bar stays
+
+
+# ---------------------------------------------------------------- mixed precision on the CPU
+@pytest.mark.parametrize("flags, warns", [("avx2 avx512f avx512_bf16", False), ("avx2 fma", True)])
+def test_cpu_bf16_trains_under_autocast_from_the_cli_and_warns_where_the_cpu_has_no_bf16(
+        tmp_path, capsys, monkeypatch, flags, warns):
+    """`--set train.amp=bf16` on a CPU runs the forward in bfloat16 (oneDNN's bf16 kernels), keeps the
+    weights and the loss in float32, and warns on a CPU that would only emulate bf16."""
+    from lightseg import hardware
+    from lightseg.cli import main
+
+    monkeypatch.setattr(hardware, "cpu_info", lambda: hardware.cpu_from_flags(flags, model="test CPU"))
+    data = make_camvid_like(tmp_path / "d", n_train=4, n_val=1)
+    recipe = tiny_recipe(tmp_path, data, iters=2)
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    try:
+        code = main(["train", str(recipe), "--no-val", "--set", "train.amp=bf16"])
+    finally:
+        hook.remove()
+    err = capsys.readouterr().err
+    assert code in (0, None), err
+    assert seen and set(seen) == {torch.bfloat16}
+    assert ("no bfloat16 instructions" in err and "test CPU" in err) == warns, err
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_amp_on_the_cpu_takes_bf16_and_trains_fp16_in_float32_with_a_warning(capsys):
+    from lightseg.engine.train import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype(None, cpu) is None
+    assert amp_dtype("bf16", cpu, warn=False) is torch.bfloat16
+    assert amp_dtype("fp16", cpu) is None
+    assert "train.amp=fp16 has no fast kernels on cpu; training in float32" in capsys.readouterr().err
+    assert amp_dtype("fp16", torch.device("cuda")) is torch.float16
+    assert amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16

@@ -124,6 +124,31 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- data
+def amp_dtype(amp, device: torch.device, warn: bool = True):
+    """The autocast dtype ``train.amp`` asks for on ``device``, or None for float32.
+
+    CUDA takes bf16 and fp16. A CPU takes bf16: oneDNN's bf16 convolutions make RDS-Net's dense 3x3 convs
+    faster where the CPU has bfloat16 instructions (docs/benchmarks.md, "Training throughput"); without
+    them bf16 is emulated, which is slower than float32, so that case warns. fp16 on a CPU (no fast kernels
+    there) and amp on other devices train in float32, with a warning."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu" and amp == "bf16":
+        from ..hardware import cpu_has_bf16, cpu_info
+        cpu = cpu_info()
+        if warn and not cpu_has_bf16(cpu):
+            print(f"lightseg train: warning: train.amp=bf16 on {cpu.model}, which has no bfloat16 "
+                  "instructions (AVX512_BF16, AMX-BF16 or ARM BF16): torch emulates bf16 there, usually slower "
+                  "than float32; drop train.amp to train in float32", file=sys.stderr)
+        return torch.bfloat16
+    if warn:
+        print(f"lightseg train: train.amp={amp} has no fast kernels on {device.type}; training in float32 "
+              f"(train.amp=bf16 works on CPUs with bfloat16 instructions)", file=sys.stderr)
+    return None
+
+
 class InfiniteBatchSampler:
     """Batches of ``(dataset_index, sample_seed)`` for iterations ``start_iter, start_iter+1, ...``.
 
@@ -418,11 +443,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, t["optimizer"])
         self.scheduler = IterationScheduler(self.optimizer, t["scheduler"], t["optimizer"]["lr"], self.max_iters,
                                             self.iters_per_epoch)
-        self.amp_dtype = None
-        if t["amp"] and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if t["amp"] == "bf16" else torch.float16
-        elif t["amp"] and self.dist.is_main:
-            print(f"lightseg train: train.amp={t['amp']} is for CUDA; training in float32 on {self.device}", file=sys.stderr)
+        self.amp_dtype = amp_dtype(t["amp"], self.device, warn=self.dist.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         class_weights = None
