@@ -14,7 +14,10 @@ Variants: ``lightseg`` (what ``lightseg train`` runs: channels_last, the recipe'
 ``plain`` (NCHW, torch.optim defaults, the loss written out plainly), and candidates on top of lightseg's:
 ``foreach`` / ``fused`` (Adam's multi-tensor / fused CPU kernels), ``nchw`` (lightseg without channels_last),
 ``nchw_logits`` (the low-resolution logits made NCHW before they are upsampled and scored), ``compile_loss``
-/ ``compile_loss_nchw`` (``torch.compile`` of the loss: upsampling and cross-entropy fused), ``compile_model``.
+/ ``compile_loss_nchw`` (``torch.compile`` of the loss: upsampling and cross-entropy fused), ``compile_model``,
+``bf16_nchw`` (forward and loss under CPU bf16 autocast in NCHW: what ``train.amp=bf16`` runs on a CPU; fast
+only on CPUs with bfloat16 instructions) and ``bf16`` (the same in channels_last, timed for comparison only:
+oneDNN's bf16 backward of dilated depthwise convs returns non-finite gradients now and then in that layout).
 Random images and labels of the recipe's crop; the model, not the loader, is timed (``--loader`` times that).
 Prints images/s and the ratio to the plain loop; ``--json NAME`` saves benchmarks/results/NAME.
 """
@@ -82,9 +85,10 @@ class Step:
         aux_names = tuple(getattr(self.model, "aux_names", ()))
         aux_weights = t["loss"]["aux_weights"] or list(getattr(self.model, "aux_weights", None) or [])
         opt = t["optimizer"]
-        self.channels_last = variant not in ("plain", "nchw") and t["channels_last"] in ("auto", True)
+        self.channels_last = variant not in ("plain", "nchw", "bf16_nchw") and t["channels_last"] in ("auto", True)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.bf16 = variant.startswith("bf16")
         if variant == "plain":
             cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[opt["name"]]
             kw = dict(lr=opt["lr"], weight_decay=opt["weight_decay"])
@@ -112,7 +116,8 @@ class Step:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.model(images), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.loss(self.model(images), labels)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())

@@ -493,3 +493,42 @@ def test_amp_on_the_cpu_takes_bf16_and_trains_fp16_in_float32_with_a_warning(cap
     assert "train.amp=fp16 has no fast kernels on cpu; training in float32" in capsys.readouterr().err
     assert amp_dtype("fp16", torch.device("cuda")) is torch.float16
     assert amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+
+
+def test_cpu_bf16_trains_nchw_by_default_and_warns_when_channels_last_is_forced_on_dilated_depthwise_convs(capsys):
+    from lightseg.engine.train import use_channels_last
+    from lightseg.models import create_model
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    mininet = create_model("mininet_95k", num_classes=11)  # its SPC branches are dilated depthwise convs
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1))
+    assert use_channels_last("auto", cpu, None, mininet) is True
+    assert use_channels_last("auto", cuda, torch.bfloat16, mininet) is True
+    assert use_channels_last("auto", cpu, torch.bfloat16, mininet) is False
+    assert use_channels_last(False, cpu, None, mininet) is False
+    assert capsys.readouterr().err == ""
+    assert use_channels_last(True, cpu, torch.bfloat16, plain) is True
+    assert capsys.readouterr().err == ""
+    assert use_channels_last(True, cpu, torch.bfloat16, mininet) is True
+    err = capsys.readouterr().err
+    assert "dilated depthwise convs" in err and "train.channels_last=auto" in err
+
+
+def test_cpu_bf16_backward_of_a_dilated_depthwise_conv_is_finite_in_the_layout_lightseg_picks():
+    """MiniNet's SPC branch (96 channels, 3x3 depthwise, dilation 8, at 1/16 of a 360x480 crop) under CPU bf16
+    autocast, forty backward passes in the memory format ``train.channels_last=auto`` gives: every weight
+    gradient is finite. (In channels_last, oneDNN's bf16 kernel returns a non-finite one about once in seven.)"""
+    from lightseg.engine.train import use_channels_last
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(96, 96, 3, padding=8, dilation=8, groups=96, bias=False)
+    channels_last = use_channels_last("auto", torch.device("cpu"), torch.bfloat16, conv)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = conv.to(memory_format=fmt)
+    for _ in range(40):
+        x = torch.randn(8, 96, 23, 30).contiguous(memory_format=fmt)
+        conv.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        y.float().backward(torch.randn(y.shape))
+        assert torch.isfinite(conv.weight.grad).all()

@@ -149,6 +149,35 @@ def amp_dtype(amp, device: torch.device, warn: bool = True):
     return None
 
 
+def _dilated_depthwise(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+            and m.groups == m.in_channels and max(m.dilation) > 1]
+
+
+def use_channels_last(setting, device: torch.device, amp, model: nn.Module, warn: bool = True) -> bool:
+    """Whether training runs in channels_last memory format for ``train.channels_last`` = ``setting``.
+
+    ``auto`` is on: faster on CUDA, and on the CPU too (oneDNN), e.g. mininet_211k 1.6x faster than NCHW on a
+    2-core Zen 4. Except under CPU bf16 autocast: there oneDNN's channels_last backward of a dilated depthwise
+    conv (MiniNet's SPC branches) returns non-finite weight gradients in about one step in seven (torch 2.13,
+    AVX512_BF16 CPU; in NCHW none in 300), which ends a run with a nan loss. So ``auto`` is NCHW there, and an
+    explicit ``true`` warns when the model has such convs."""
+    if setting is False:
+        return False
+    cpu_bf16 = device.type == "cpu" and amp == torch.bfloat16
+    if not cpu_bf16:
+        return True
+    if setting == "auto":
+        return False
+    risky = _dilated_depthwise(model)
+    if warn and risky:
+        print(f"lightseg train: warning: train.channels_last=true with train.amp=bf16 on the CPU: oneDNN's "
+              f"backward of dilated depthwise convs ({risky[0]} and {len(risky) - 1} more) returns non-finite "
+              "gradients now and then in this layout, which stops the run with a nan loss; "
+              "set train.channels_last=auto to train in NCHW", file=sys.stderr)
+    return True
+
+
 class InfiniteBatchSampler:
     """Batches of ``(dataset_index, sample_seed)`` for iterations ``start_iter, start_iter+1, ...``.
 
@@ -427,9 +456,9 @@ class Trainer:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = float(t["bn_momentum"])
         model.to(self.device)
-        # channels_last: faster on CUDA and on CPU too (oneDNN): mininet_211k trains 1.6x faster on
-        # the 2-core CPU (0.29 s vs 0.47 s per batch of 8 at 256x256). `false` turns it off.
-        self.channels_last = t["channels_last"] in ("auto", True)
+        self.amp_dtype = amp_dtype(t["amp"], self.device, warn=self.dist.is_main)
+        self.channels_last = use_channels_last(t["channels_last"], self.device, self.amp_dtype, model,
+                                               warn=self.dist.is_main)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
@@ -443,7 +472,6 @@ class Trainer:
         self.optimizer = build_optimizer(model, t["optimizer"])
         self.scheduler = IterationScheduler(self.optimizer, t["scheduler"], t["optimizer"]["lr"], self.max_iters,
                                             self.iters_per_epoch)
-        self.amp_dtype = amp_dtype(t["amp"], self.device, warn=self.dist.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         class_weights = None
