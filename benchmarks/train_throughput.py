@@ -15,9 +15,9 @@ Variants: ``lightseg`` (what ``lightseg train`` runs: channels_last, the recipe'
 ``foreach`` / ``fused`` (Adam's multi-tensor / fused CPU kernels), ``nchw`` (lightseg without channels_last),
 ``nchw_logits`` (the low-resolution logits made NCHW before they are upsampled and scored), ``compile_loss``
 / ``compile_loss_nchw`` (``torch.compile`` of the loss: upsampling and cross-entropy fused), ``compile_model``,
-``bf16_nchw`` (forward and loss under CPU bf16 autocast in NCHW: what ``train.amp=bf16`` runs on a CPU; fast
-only on CPUs with bfloat16 instructions) and ``bf16`` (the same in channels_last, timed for comparison only:
-oneDNN's bf16 backward of dilated depthwise convs returns non-finite gradients now and then in that layout).
+``bf16`` / ``bf16_nchw`` (forward and loss under CPU bf16 autocast, channels_last / NCHW; fast only on CPUs
+with bfloat16 instructions; timed, not trained with: ``lightseg train`` runs float32 on a CPU, as oneDNN's bf16
+kernels now and then return non-finite gradients, docs/benchmarks.md).
 Random images and labels of the recipe's crop; the model, not the loader, is timed (``--loader`` times that).
 Prints images/s and the ratio to the plain loop; ``--json NAME`` saves benchmarks/results/NAME.
 """

@@ -93,7 +93,7 @@ MEANING = {
     "train.loss.ohem_thresh": "ohem: pixels whose true-class probability is below this are kept",
     "train.loss.ohem_min_kept": "ohem: at least this many pixels per batch are kept",
     "train.loss.lovasz_weight": "ce+lovasz: the Lovász-softmax term's weight",
-    "train.amp": "mixed precision (autocast): `bf16` or `fp16` on CUDA, `bf16` on a CPU with bfloat16 instructions (AVX512_BF16, AMX, ARM BF16; elsewhere it warns); null: float32",
+    "train.amp": "mixed precision on CUDA: `bf16` or `fp16` (null: float32; a CPU trains in float32, with a warning: its bf16 autocast now and then gives non-finite gradients)",
     "train.channels_last": "channels-last memory format (`auto`: on)",
     "train.bn_momentum": "BatchNorm running-average momentum in torch's convention (TF decay d is 1 - d); null: torch's 0.1",
     "train.seed": "the seed of the sampler, the augmentation and the initialisation",

@@ -127,55 +127,20 @@ def set_rng_state(state: dict) -> None:
 def amp_dtype(amp, device: torch.device, warn: bool = True):
     """The autocast dtype ``train.amp`` asks for on ``device``, or None for float32.
 
-    CUDA takes bf16 and fp16. A CPU takes bf16: oneDNN's bf16 convolutions make RDS-Net's dense 3x3 convs
-    faster where the CPU has bfloat16 instructions (docs/benchmarks.md, "Training throughput"); without
-    them bf16 is emulated, which is slower than float32, so that case warns. fp16 on a CPU (no fast kernels
-    there) and amp on other devices train in float32, with a warning."""
+    CUDA takes bf16 and fp16. Every other device trains in float32, with a warning. On the CPU bf16 autocast
+    is faster where the CPU has bfloat16 instructions (1.2-1.4x on a Zen 5, docs/benchmarks.md, "Training
+    throughput"), but with torch 2.13's oneDNN kernels it is not safe to train with: in channels_last the bf16
+    backward of a dilated depthwise conv returns non-finite weight gradients about one step in seven, and an
+    RDS-Net run in NCHW reached a nan loss after 300 steps that a rerun of the same steps did not."""
     if not amp:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu" and amp == "bf16":
-        from ..hardware import cpu_has_bf16, cpu_info
-        cpu = cpu_info()
-        if warn and not cpu_has_bf16(cpu):
-            print(f"lightseg train: warning: train.amp=bf16 on {cpu.model}, which has no bfloat16 "
-                  "instructions (AVX512_BF16, AMX-BF16 or ARM BF16): torch emulates bf16 there, usually slower "
-                  "than float32; drop train.amp to train in float32", file=sys.stderr)
-        return torch.bfloat16
     if warn:
-        print(f"lightseg train: train.amp={amp} has no fast kernels on {device.type}; training in float32 "
-              f"(train.amp=bf16 works on CPUs with bfloat16 instructions)", file=sys.stderr)
+        why = (" (CPU bf16 autocast is faster on CPUs with bfloat16 instructions but now and then gives non-finite "
+               "gradients with torch's oneDNN kernels, which ends a run with a nan loss)") if device.type == "cpu" else ""
+        print(f"lightseg train: train.amp={amp} is for CUDA; training in float32 on {device.type}{why}", file=sys.stderr)
     return None
-
-
-def _dilated_depthwise(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
-            and m.groups == m.in_channels and max(m.dilation) > 1]
-
-
-def use_channels_last(setting, device: torch.device, amp, model: nn.Module, warn: bool = True) -> bool:
-    """Whether training runs in channels_last memory format for ``train.channels_last`` = ``setting``.
-
-    ``auto`` is on: faster on CUDA, and on the CPU too (oneDNN), e.g. mininet_211k 1.6x faster than NCHW on a
-    2-core Zen 4. Except under CPU bf16 autocast: there oneDNN's channels_last backward of a dilated depthwise
-    conv (MiniNet's SPC branches) returns non-finite weight gradients in about one step in seven (torch 2.13,
-    AVX512_BF16 CPU; in NCHW none in 300), which ends a run with a nan loss. So ``auto`` is NCHW there, and an
-    explicit ``true`` warns when the model has such convs."""
-    if setting is False:
-        return False
-    cpu_bf16 = device.type == "cpu" and amp == torch.bfloat16
-    if not cpu_bf16:
-        return True
-    if setting == "auto":
-        return False
-    risky = _dilated_depthwise(model)
-    if warn and risky:
-        print(f"lightseg train: warning: train.channels_last=true with train.amp=bf16 on the CPU: oneDNN's "
-              f"backward of dilated depthwise convs ({risky[0]} and {len(risky) - 1} more) returns non-finite "
-              "gradients now and then in this layout, which stops the run with a nan loss; "
-              "set train.channels_last=auto to train in NCHW", file=sys.stderr)
-    return True
 
 
 class InfiniteBatchSampler:
@@ -457,8 +422,9 @@ class Trainer:
                     m.momentum = float(t["bn_momentum"])
         model.to(self.device)
         self.amp_dtype = amp_dtype(t["amp"], self.device, warn=self.dist.is_main)
-        self.channels_last = use_channels_last(t["channels_last"], self.device, self.amp_dtype, model,
-                                               warn=self.dist.is_main)
+        # channels_last: faster on CUDA and on the CPU too (oneDNN) for most models, e.g. mininet_211k 1.6x
+        # NCHW on a 2-core Zen 4 (docs/benchmarks.md, "Training throughput"). `false` turns it off.
+        self.channels_last = t["channels_last"] in ("auto", True)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
