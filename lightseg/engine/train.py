@@ -124,25 +124,6 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- data
-def amp_dtype(amp, device: torch.device, warn: bool = True):
-    """The autocast dtype ``train.amp`` asks for on ``device``, or None for float32.
-
-    CUDA takes bf16 and fp16. Every other device trains in float32, with a warning. On the CPU bf16 autocast
-    is faster where the CPU has bfloat16 instructions (1.2-1.4x on a Zen 5, docs/benchmarks.md, "Training
-    throughput"), but with torch 2.13's oneDNN kernels it is not safe to train with: in channels_last the bf16
-    backward of a dilated depthwise conv returns non-finite weight gradients about one step in seven, and an
-    RDS-Net run in NCHW reached a nan loss after 300 steps that a rerun of the same steps did not."""
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-    if warn:
-        why = (" (CPU bf16 autocast is faster on CPUs with bfloat16 instructions but now and then gives non-finite "
-               "gradients with torch's oneDNN kernels, which ends a run with a nan loss)") if device.type == "cpu" else ""
-        print(f"lightseg train: train.amp={amp} is for CUDA; training in float32 on {device.type}{why}", file=sys.stderr)
-    return None
-
-
 class InfiniteBatchSampler:
     """Batches of ``(dataset_index, sample_seed)`` for iterations ``start_iter, start_iter+1, ...``.
 
@@ -314,6 +295,25 @@ def _resolve_resume(resume, output_dir) -> tuple[Path, Path]:
     return ckpt, run_dir
 
 
+def amp_dtype(amp, device: torch.device, warn: bool = True):
+    """The autocast dtype ``train.amp`` asks for on ``device``, or None for float32.
+
+    CUDA takes bf16 and fp16. Every other device trains in float32, with a warning. On the CPU bf16 autocast
+    is faster where the CPU has bfloat16 instructions (1.2-1.4x on a Zen 5, docs/benchmarks.md, "Training
+    throughput"), but with torch 2.13's oneDNN kernels it is not safe to train with: in channels_last the bf16
+    backward of a dilated depthwise conv returns non-finite weight gradients in up to one pass in seven, and an
+    RDS-Net run in NCHW reached a nan loss after 300 steps that a rerun of the same steps did not."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if warn:
+        why = (" (CPU bf16 autocast is faster on CPUs with bfloat16 instructions but now and then gives non-finite "
+               "gradients with torch's oneDNN kernels, which ends a run with a nan loss)") if device.type == "cpu" else ""
+        print(f"lightseg train: train.amp={amp} is for CUDA; training in float32 on {device.type}{why}", file=sys.stderr)
+    return None
+
+
 def iteration_budget(train_samples: int, global_batch: int, train_cfg: dict) -> tuple[int, int]:
     """(iterations per epoch, iterations planned): an epoch is one pass over the training samples at the global
     batch size (the last partial batch dropped); ``train.iters`` overrides ``train.epochs``."""
@@ -421,9 +421,8 @@ class Trainer:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = float(t["bn_momentum"])
         model.to(self.device)
-        self.amp_dtype = amp_dtype(t["amp"], self.device, warn=self.dist.is_main)
         # channels_last: faster on CUDA and on the CPU too (oneDNN) for most models, e.g. mininet_211k 1.6x
-        # NCHW on a 2-core Zen 4 (docs/benchmarks.md, "Training throughput"). `false` turns it off.
+        # faster than NCHW on a 2-core Zen 4 (docs/benchmarks.md, "Training throughput"). `false` turns it off.
         self.channels_last = t["channels_last"] in ("auto", True)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -438,6 +437,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, t["optimizer"])
         self.scheduler = IterationScheduler(self.optimizer, t["scheduler"], t["optimizer"]["lr"], self.max_iters,
                                             self.iters_per_epoch)
+        self.amp_dtype = amp_dtype(t["amp"], self.device, warn=self.dist.is_main)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         class_weights = None
