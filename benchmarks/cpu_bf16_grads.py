@@ -5,8 +5,8 @@
 The convs are the shapes lightseg's CamVid models train (batch 8, 360x480 crops): MiniNet's SPC branches
 (96 channels at 1/16, 23x30) and RDS-Net's stage-2 convs (128 channels at 1/8, 45x60), 3x3 depthwise at
 dilations 1-16. Each repetition draws new weights, input and output gradient, runs forward under
-``torch.autocast("cpu", dtype=torch.bfloat16)`` and backward (input gradient too, from a bf16 output gradient, as an inner layer does), and counts a weight gradient with an inf or
-nan. It is why ``lightseg train`` runs float32 on a CPU (docs/benchmarks.md, "Training throughput"): on a CPU
+``torch.autocast("cpu", dtype=torch.bfloat16)`` and backward (the input's gradient too, from a bf16 output
+gradient, as for an inner layer), and counts a weight gradient with an inf or nan. It is why ``lightseg train`` runs float32 on a CPU (docs/benchmarks.md, "Training throughput"): on a CPU
 without bfloat16 instructions torch emulates bf16 and the count says nothing about oneDNN's bf16 kernels.
 """
 from __future__ import annotations
