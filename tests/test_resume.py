@@ -175,6 +175,85 @@ def test_a_landed_run_without_adam_moments_resumes_from_the_cli_on_its_schedule(
                if whole["model"][k].is_floating_point())
 
 
+def _same(a, b) -> bool:
+    """Nested checkpoint contents equal, tensors bitwise."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_a_landing_that_names_the_shipped_weights_restores_to_the_same_state_and_resumes_from_the_cli(
+        tmp_path, reference, monkeypatch, capsys):
+    """tools/land_run.py --weights stores everything but the weights, which the shipped file already holds, and
+    --restore joins them back: the restored last.pt is the landing that stores them, tensor for tensor, also
+    after a later shipping replaced the file (read back from git's history), and `lightseg train --resume`
+    continues it to the planned end. A shipped file with other weights is refused, and so is a restore over an
+    existing run folder."""
+    import importlib.util
+
+    from lightseg.checkpoint import save_checkpoint
+    from lightseg.cli import main
+
+    spec = importlib.util.spec_from_file_location("land_run", ROOT / "tools" / "land_run.py")
+    land_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(land_run)
+    data, whole = reference
+    recipe = tiny_recipe(tmp_path, data, iters=ITERS)
+    run_dir = tmp_path / "run"
+    proc = _start(recipe)
+    _wait_for_iter(run_dir, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    full = load_checkpoint(run_dir / "last.pt")
+    assert 0 < full["iteration"] < ITERS
+
+    repo = tmp_path / "checkout"  # stands in for the checkout: the shipped file and its history
+    (repo / "weights").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    monkeypatch.setattr(land_run, "ROOT", repo)
+    shipped = repo / "weights" / "tiny_camvid.pt"
+    save_checkpoint({"model": full["model"], "model_name": full["model_name"]}, shipped)
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "ship")
+
+    inline = load_checkpoint(land_run.land(run_dir, tmp_path / "inline") / "last.pt")
+    landed = land_run.land(run_dir, tmp_path / "training", weights=shipped)
+    assert not (landed / "last.pt").exists()
+    assert (landed / "state.pt").stat().st_size < (tmp_path / "inline" / "run" / "last.pt").stat().st_size / 2
+    assert load_checkpoint(landed / "state.pt")["model"] == {}
+
+    # a later shipping replaces the file: the restore reads the named version from git's history
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in full["model"].items()}
+    save_checkpoint({"model": other, "model_name": full["model_name"]}, shipped)
+    _git(repo, "commit", "-qam", "ship again")
+    with pytest.raises(SystemExit, match="does not hold this run's weights"):
+        land_run.land(run_dir, tmp_path / "refused", weights=shipped)
+    restored = land_run.restore(landed, tmp_path / "runs")
+    state = load_checkpoint(restored / "last.pt")
+    assert _same({k: v for k, v in state.items() if k != "format_version"},
+                 {k: v for k, v in inline.items() if k != "format_version"})
+    assert (restored / "config.yaml").read_bytes() == (run_dir / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit, match="already exists"):
+        land_run.restore(landed, tmp_path / "runs")
+    assert land_run.main(["--restore", str(tmp_path / "inline" / "run"), "--into", str(tmp_path / "runs2")]) == 0
+    assert _same(load_checkpoint(tmp_path / "runs2" / "run" / "last.pt")["model"], inline["model"])
+
+    assert main(["train", "--resume", str(restored)]) == 0
+    assert "not bitwise" in capsys.readouterr().err
+    end = load_checkpoint(restored / "last.pt")
+    assert end["iteration"] == ITERS
+    assert [g["lr"] for g in end["optimizer"]["param_groups"]] == [g["lr"] for g in whole["optimizer"]["param_groups"]]
+
+
 def _sigterm_while_building(monkeypatch):
     """SIGTERM to this process as the trainer builds its data and model (what a scheduler's stop, or Ctrl-C's
     neighbour, does during a slow start), delivered at a known point instead of after a guessed delay."""
