@@ -1,6 +1,8 @@
 import json
 import math
 import random
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +17,8 @@ from lightseg.config import load_config
 from lightseg.data.classes import CAMVID_PALETTE
 from lightseg.engine.optim import IterationScheduler, build_optimizer
 from lightseg.engine.train import InfiniteBatchSampler, Trainer, rng_state, set_rng_state
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- helpers shared by the engine tests
@@ -490,3 +494,85 @@ def test_amp_takes_bf16_and_fp16_on_cuda_and_float32_elsewhere(capsys):
     assert "nan loss" not in capsys.readouterr().err  # the oneDNN reason is the CPU's alone
     assert amp_dtype("fp16", torch.device("cuda")) is torch.float16
     assert amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+
+
+def _trace_nonfinite():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trace_nonfinite", ROOT / "tools" / "trace_nonfinite.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _InfWeightGrad(torch.autograd.Function):
+    """x * w whose backward gives w an infinite gradient and x a finite one: a kernel fault in one layer."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(w)
+        return x * w
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        return g * w, torch.full_like(w, float("inf"))
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, fault: bool):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1, 3, 1, 1))
+        self.fault = fault
+
+    def forward(self, x):
+        return _InfWeightGrad.apply(x, self.w) if self.fault else x * self.w
+
+
+def test_the_nonfinite_trace_names_the_layer_whose_own_kernel_made_the_first_inf():
+    """A weight gradient that turns infinite while the gradients reaching its module stay finite is named
+    as that parameter, not as a later symptom; a forward overflow from finite inputs is named as the module
+    that overflowed; a clean model passes."""
+    tool = _trace_nonfinite()
+    x = torch.randn(2, 3, 4, 4)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _Scale(fault=True), torch.nn.Conv2d(3, 3, 1))
+    trace = tool.NonFiniteTrace(model)
+    trace.step = 7
+    with pytest.raises(tool.NonFiniteFound, match=r"^iteration 7: the weight gradient of 1\.w \(1, 3, 1, 1\)$"):
+        model(x).sum().backward()
+    trace.remove()
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _Scale(fault=False), torch.nn.Conv2d(3, 3, 1))
+    with torch.no_grad():
+        model[1].w.fill_(3e38)  # finite, but 3e38 x anything above ~1.1 overflows float32
+    trace = tool.NonFiniteTrace(model)
+    with pytest.raises(tool.NonFiniteFound, match=r"^the forward output of 1 \(_Scale\(\)\), from finite inputs$"):
+        model(x * 100)
+    trace.remove()
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), _Scale(fault=False))
+    trace = tool.NonFiniteTrace(model)
+    model(x).sum().backward()  # nothing raised
+    trace.remove()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_nonfinite_trace_resumes_a_copy_of_a_run_and_reports_from_its_command_line(tmp_path, capsys):
+    """tools/trace_nonfinite.py RUN: a diverging resume (a learning rate of 1e30) is traced to a named first
+    non-finite value at a named iteration (exit 1); the same steps at the run's own rate run clean (exit 0);
+    the run folder is not changed either way; a finished run says that no update ran."""
+    tool = _trace_nonfinite()
+    data = make_camvid_like(tmp_path / "data", n_train=4, n_val=2)
+    recipe = tiny_recipe(tmp_path, data, iters=3)
+    torch.set_num_threads(1)
+    run = Trainer(load_config(recipe)).fit()
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    more = ["--set", "train.iters=6"]
+    assert tool.main([str(run), "--steps", "2", *more]) == 0
+    assert "no non-finite value in 2 update(s)" in capsys.readouterr().out
+    assert tool.main([str(run), "--steps", "3", *more, "--set", "train.optimizer.lr=1e30"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"first non-finite value: iteration [4-6]: the (forward output|gradient|weight gradient) of \S+", out), out
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
+    with pytest.raises(SystemExit, match="end of its schedule"):
+        tool.main([str(run), "--steps", "2"])
