@@ -146,3 +146,35 @@ def test_recipe_reference_refuses_a_key_without_a_meaning(monkeypatch):
     monkeypatch.setitem(SCHEMA, "train.new_key", SCHEMA["train.seed"])
     with pytest.raises(SystemExit, match="train.new_key"):
         recipes_reference.render()
+
+
+def _weights_rows(text: str) -> dict:
+    """README's trained-weights table: (model, weights) -> the row's text."""
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"\| `(\w+)` \| `(\w+)` \|", line)
+        if m:
+            rows[m.groups()] = line
+    return rows
+
+
+def test_the_weights_tables_say_what_the_shipped_manifest_records():
+    """Each shipped file's val mIoU (as `lightseg eval` measured it when it was shipped), whether val was held
+    out, and the epochs done of planned are what README's table, docs/zoo.md and docs/results.md state: a
+    shipping that leaves the docs at the file it replaced fails here."""
+    from lightseg import weights as registry
+
+    rows = _weights_rows((ROOT / "README.md").read_text())
+    zoo, results = (ROOT / "docs" / "zoo.md").read_text(), (ROOT / "docs" / "results.md").read_text()
+    records = [r for r in registry.list_weights() if r.get("val_miou") is not None]
+    assert records
+    for r in records:
+        row = rows.get((r["model"], r["weights"]))
+        assert row, f"README.md's weights table has no row for {r['model']} {r['weights']}"
+        val = f"{100 * r['val_miou']:.2f}"
+        label = "held out" if r.get("val_held_out", True) else "trained on"
+        assert f"{val} val ({label}" in row or f"{val} val (**{label}" in row, (row, val, label)
+        if "epochs_done" in r:
+            assert f"{r['epochs_done']:g} of {r['epochs_planned']:g} epochs" in row, (row, r["epochs_done"])
+        for name, page in (("docs/zoo.md", zoo), ("docs/results.md", results)):
+            assert f"**{val}" in page or f"{val} /" in page or f"{val} (" in page, f"{name} does not state {val}"
