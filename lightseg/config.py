@@ -72,6 +72,7 @@ DEFAULTS: dict = {
             "plateau_factor": 0.5,
             "plateau_patience": 3,
             "plateau_monitor": "val_miou",
+            "plateau_max_reductions": None,
         },
         "loss": {
             "name": "ce",
@@ -183,6 +184,7 @@ SCHEMA: dict[str, Rule] = {
     "train.scheduler.plateau_factor": _num(0, 1, lo_open=True, hi_open=True),
     "train.scheduler.plateau_patience": _int(0),
     "train.scheduler.plateau_monitor": _choice("val_miou", "train_loss"),
+    "train.scheduler.plateau_max_reductions": _int(1, null=True),
     "train.loss.name": _choice("ce", "ohem", "lovasz", "ce+lovasz"),
     "train.loss.class_weights": _choice(None, "enet", "median_freq"),
     "train.loss.aux_weights": _list(_is_num, "a list of numbers, one per auxiliary output of the model", null=True,

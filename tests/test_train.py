@@ -156,6 +156,80 @@ def test_plateau_halves_after_patience_and_state_round_trip():
     assert s2.step(12) == pytest.approx(0.025)
 
 
+def test_plateau_max_reductions_ends_the_schedule_at_the_next_stall_and_a_resume_may_allow_more():
+    """With plateau_max_reductions 2 the rate is halved twice (0.1 -> 0.05 -> 0.025); the third stall sets
+    converged and keeps 0.025. The count survives a state round trip, is derived from the scale for states
+    saved before it was kept, and a resume that allows a third reduction applies the stall that ended it."""
+    s, opt = _sched(name="plateau", plateau_patience=1, plateau_max_reductions=2)
+    _rates(s, 3)
+    s.on_validation(0.5)
+    rates = []
+    for _ in range(3):  # each validation without improvement is a stall (patience 1)
+        s.on_validation(0.4)
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.05, 0.025, 0.025])
+    assert s.converged and s.plateau_reductions == 2 and s.plateau_scale == 0.25
+    s.on_validation(0.3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)  # ended: no further reduction
+
+    state = s.state_dict()
+    again, opt2 = _sched(name="plateau", plateau_patience=1, plateau_max_reductions=2)
+    opt2.load_state_dict(opt.state_dict())
+    again.load_state_dict(state)
+    assert again.converged and again.plateau_reductions == 2
+
+    old = {k: v for k, v in state.items() if k not in ("plateau_reductions", "converged")}
+    older, opt3 = _sched(name="plateau", plateau_patience=1, plateau_max_reductions=2)
+    opt3.load_state_dict(opt.state_dict())
+    older.load_state_dict(old)
+    assert older.plateau_reductions == 2 and not older.converged  # the count from 0.25 = 0.5 ** 2
+
+    more, opt4 = _sched(name="plateau", plateau_patience=1, plateau_max_reductions=3)
+    opt4.load_state_dict(opt.state_dict())
+    more.load_state_dict(state)
+    assert not more.converged and more.plateau_reductions == 3
+    assert more.step(3) == pytest.approx(0.0125) and more.plateau_scale == 0.125
+
+
+def test_a_run_whose_plateau_schedule_converges_ends_there_from_the_cli_and_a_resume_may_allow_more(
+        tmp_path, monkeypatch, capsys):
+    """`lightseg train` with plateau_max_reductions 1 and a val mIoU that never improves (validation every
+    iteration, patience 1): the rate is halved at iteration 2, the stall at 3 ends the run there (exit 0,
+    saved, said), a plain resume says it has ended and trains nothing, and a resume allowing 2 reductions
+    halves the rate again and ends at the next stall, exactly where a run given 2 from the start ends."""
+    from lightseg.cli import main
+
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"miou": 0.5, "pixel_acc": 0.5, "iou": {}})
+    data = make_camvid_like(tmp_path / "data", n_train=2, n_val=1)
+    sched = "  scheduler: {name: plateau, plateau_patience: 1, plateau_max_reductions: 1}"
+    recipe = tiny_recipe(tmp_path, data, iters=10, extra=sched).read_text().replace("val_interval: 1000", "val_interval: 1")
+    (tmp_path / "plateau.yaml").write_text(recipe)
+    torch.set_num_threads(1)
+    assert main(["train", str(tmp_path / "plateau.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "the plateau schedule has converged: its rate was reduced 1 times" in err and "at iteration 3 of the 10" in err
+    run = tmp_path / "run"
+    ended = load_checkpoint(run / "last.pt")
+    assert ended["iteration"] == 3 and ended["scheduler"]["converged"]
+    assert ended["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.5 * load_config(tmp_path / "plateau.yaml")["train"]["optimizer"]["lr"])
+
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "has ended at iteration 3" in capsys.readouterr().err
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3
+
+    assert main(["train", "--resume", str(run), "--set", "train.scheduler.plateau_max_reductions=2"]) == 0
+    more = load_checkpoint(run / "last.pt")
+    assert more["iteration"] == 4 and more["scheduler"]["plateau_reductions"] == 2 and more["scheduler"]["converged"]
+
+    whole = tmp_path / "whole"
+    assert main(["train", str(tmp_path / "plateau.yaml"), "--set", "train.scheduler.plateau_max_reductions=2",
+                 "--set", f"output_dir={whole}"]) == 0
+    ref = load_checkpoint(whole / "last.pt")
+    assert ref["iteration"] == 4
+    assert [g["lr"] for g in ref["optimizer"]["param_groups"]] == [g["lr"] for g in more["optimizer"]["param_groups"]]
+    assert all(torch.equal(ref["model"][k], more["model"][k]) for k in ref["model"])
+
+
 def test_plateau_on_the_training_loss_per_epoch_and_resume_mid_epoch():
     # RDS-Net halves the lr "when the loss is stagnant": the epoch's mean training loss, lower is better.
     def sched():

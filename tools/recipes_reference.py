@@ -81,6 +81,8 @@ MEANING = {
                                    "throughout the warm-up: DeepLab's slow start)",
     "train.scheduler.plateau_factor": "plateau: the factor applied when the monitored value stalls (RDS-Net: 0.5)",
     "train.scheduler.plateau_patience": "plateau: checks without improvement before the rate is lowered",
+    "train.scheduler.plateau_max_reductions": "plateau: after this many reductions the next stall ends the run "
+                                              "(converged) instead of lowering the rate again; null: never",
     "train.scheduler.plateau_monitor": "plateau: `val_miou` (at each validation) or `train_loss` (the epoch's mean "
                                        "training loss)",
     "train.loss.name": "`ce` (cross-entropy), `ohem` (online hard example mining), `lovasz`, `ce+lovasz`",

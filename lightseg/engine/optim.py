@@ -9,7 +9,9 @@
 * ``plateau``: constant, multiplied by ``plateau_factor`` (0.5: RDS-Net halves it) by ``ReduceLROnPlateau``
   when the monitored value has not improved for ``plateau_patience`` checks. ``plateau_monitor``:
   ``val_miou`` (checked at each validation) or ``train_loss`` (the epoch's mean training loss, checked at
-  each epoch's end: RDS-Net's "when the loss is stagnant").
+  each epoch's end: RDS-Net's "when the loss is stagnant"). ``plateau_max_reductions`` ends the schedule:
+  once the rate has been reduced that many times, the next stall sets ``converged`` instead of reducing it
+  again, and the trainer ends the run there (null: it runs to its planned end).
 * warm-up (any of them), over the first ``warmup_iters`` iterations, multiplied with the schedule (both
   step every iteration: ``lr = base x warm-up x schedule``, the schedule counting from iteration 0):
   ``warmup_mode: linear``, ``LinearLR`` from ``warmup_start x`` to the full rate; ``constant``,
@@ -23,6 +25,7 @@ rates of a run that never stopped.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -141,6 +144,8 @@ class IterationScheduler:
         if self.plateau_monitor not in ("val_miou", "train_loss"):
             raise ConfigError(f"train.scheduler.plateau_monitor: {self.plateau_monitor!r}; use val_miou or train_loss")
         self.iters_per_epoch = max(1, int(iters_per_epoch))
+        max_red = sched_cfg.get("plateau_max_reductions")
+        self.max_reductions = None if max_red is None else int(max_red)
         self._build()
 
     def _build(self) -> None:
@@ -172,6 +177,8 @@ class IterationScheduler:
             eps=0.0) if self.name == "plateau" else None
         self.iteration = 0  # the update whose rates the optimiser holds
         self.plateau_scale = 1.0  # the product of the plateau's reductions so far
+        self.plateau_reductions = 0
+        self.converged = False  # a stall after plateau_max_reductions reductions: the schedule has ended
         # the current epoch's running training loss (train_loss monitor; saved so that resuming mid-epoch is exact)
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
 
@@ -188,11 +195,17 @@ class IterationScheduler:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _plateau_check(self, metric: float) -> None:
-        if self.plateau is not None:
-            before = self.optimizer.param_groups[0]["lr"]
+        if self.plateau is not None and not self.converged:
+            before = [g["lr"] for g in self.optimizer.param_groups]
             self.plateau.step(float(metric))
-            if self.optimizer.param_groups[0]["lr"] < before:
-                self.plateau_scale *= self.plateau.factor
+            if self.optimizer.param_groups[0]["lr"] < before[0]:
+                if self.max_reductions is not None and self.plateau_reductions >= self.max_reductions:
+                    for group, lr in zip(self.optimizer.param_groups, before):  # the run ends at the rate it had
+                        group["lr"] = lr
+                    self.converged = True
+                else:
+                    self.plateau_scale *= self.plateau.factor
+                    self.plateau_reductions += 1
 
     def signature(self) -> dict:
         """What defines the rates; a resumed run whose recipe changed it (e.g. more train.iters, another
@@ -223,7 +236,8 @@ class IterationScheduler:
         return {"name": self.name, "iteration": self.iteration, "signature": self.signature(),
                 "per_iteration": [s.state_dict() for s in self.per_iteration],
                 "plateau": self.plateau.state_dict() if self.plateau is not None else None,
-                "plateau_scale": float(self.plateau_scale),
+                "plateau_scale": float(self.plateau_scale), "plateau_reductions": int(self.plateau_reductions),
+                "converged": bool(self.converged),
                 "epoch_loss_sum": float(self.epoch_loss_sum), "epoch_loss_count": int(self.epoch_loss_count)}
 
     def load_state_dict(self, state: dict, iteration: int | None = None) -> None:
@@ -260,3 +274,17 @@ class IterationScheduler:
                 self.plateau.best, self.plateau.num_bad_epochs = float(best), int(num_bad)
         self.epoch_loss_sum = float(state.get("epoch_loss_sum", 0.0))
         self.epoch_loss_count = int(state.get("epoch_loss_count", 0))
+        if self.plateau is not None:
+            # states saved before the count was kept: the reductions are in the scale (factor ** n)
+            factor = float(self.cfg.get("plateau_factor", 0.5))
+            derived = round(math.log(self.plateau_scale) / math.log(factor)) if self.plateau_scale < 1 else 0
+            self.plateau_reductions = int(state.get("plateau_reductions", derived))
+            self.converged = bool(state.get("converged", False))
+            if self.converged and (self.max_reductions is None or self.plateau_reductions < self.max_reductions):
+                # resumed with more reductions allowed: the stall that ended the run lowers the rate now, as it
+                # would have with that setting from the start
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= factor
+                self.plateau_scale *= factor
+                self.plateau_reductions += 1
+                self.converged = False

@@ -27,7 +27,9 @@ MAX_RUN_NUMBER = 9999
 # model) is refused unless forced. When a plateau schedule watches the validation mIoU, validation
 # drives the learning rate, so its keys count too.
 RESUME_SAFE_KEYS = ("output_dir", "data.num_workers", "train.log_interval", "train.ckpt_interval",
-                    "train.val_interval", "train.val_every_epochs", "train.device", "train.tensorboard", "eval")
+                    "train.val_interval", "train.val_every_epochs", "train.device", "train.tensorboard", "eval",
+                    # when the plateau schedule ends, not the rates before it: a run may be given more or fewer
+                    "train.scheduler.plateau_max_reductions")
 PLATEAU_UNSAFE = ("train.val_interval", "train.val_every_epochs", "eval")
 
 

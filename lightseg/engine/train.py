@@ -908,6 +908,14 @@ class Trainer:
         if self.val_pending and self.val_set is not None:  # it stopped while validating: validate that state now (exact)
             self._validate_and_keep_best()
             self.save("last.pt")
+        if self.scheduler.converged:
+            if self.dist.is_main:
+                print(f"lightseg train: {self.run_dir} has ended at iteration {self.iteration}: {self._converged_text()}; "
+                      f"to train further: lightseg train --resume {self.run_dir} --set "
+                      f"train.scheduler.plateau_max_reductions=N (N above {self.scheduler.plateau_reductions}: the stall "
+                      f"that ended it then lowers the rate)",
+                      file=sys.stderr)
+            return self.run_dir
         if self.iteration >= self.max_iters:
             if self.dist.is_main:
                 print(f"lightseg train: {self.run_dir} is already at iteration {self.iteration} of {self.max_iters}; "
@@ -967,8 +975,10 @@ class Trainer:
                 else:
                     stop_requested = bool(stop.signal_name)
                 self.iteration = it + 1
+                # the planned end, or the plateau schedule's (train.scheduler.plateau_max_reductions)
+                end = self.iteration == self.max_iters or self.scheduler.converged
 
-                if self.iteration % t["log_interval"] == 0 or self.iteration == self.max_iters:
+                if self.iteration % t["log_interval"] == 0 or end:
                     now = time.perf_counter()
                     ips = seen / max(now - t_log, 1e-9)
                     if loss_count:
@@ -983,8 +993,8 @@ class Trainer:
                     part_sums = {}
                 bar.update(1)
 
-                do_val = bool(self.val_interval) and (self.iteration % self.val_interval == 0 or self.iteration == self.max_iters)
-                do_save = self.iteration % t["ckpt_interval"] == 0 or self.iteration == self.max_iters or stop_requested
+                do_val = bool(self.val_interval) and (self.iteration % self.val_interval == 0 or end)
+                do_save = self.iteration % t["ckpt_interval"] == 0 or end or stop_requested
                 if (do_val or do_save) and self.dist.distributed:
                     # BatchNorm running statistics are per process under DDP: take rank 0's so that
                     # every rank validates, and rank 0 saves, the same model.
@@ -999,6 +1009,11 @@ class Trainer:
                     self._validate_and_keep_best()
                 if do_save or do_val:
                     self.save("last.pt")
+                if self.scheduler.converged:  # set by this iteration's epoch end or validation
+                    if self.dist.is_main:
+                        _say(f"lightseg train: {self._converged_text()}; the run ends here, at iteration "
+                             f"{self.iteration} of the {self.max_iters} planned")
+                    break
                 if stop_requested:
                     how = f"lightseg train --resume {self.run_dir}"  # the run's own config: continues exactly
                     raise TrainingInterrupted(
@@ -1007,6 +1022,12 @@ class Trainer:
                 if self.iteration >= self.max_iters:
                     break
         return self.run_dir
+
+    def _converged_text(self) -> str:
+        s = self.scheduler
+        what = "the epoch's mean training loss" if s.plateau_monitor == "train_loss" else "the val mIoU"
+        return (f"the plateau schedule has converged: its rate was reduced {s.plateau_reductions} times "
+                f"(train.scheduler.plateau_max_reductions: {s.max_reductions}) and {what} stalled again")
 
     def _validate_and_keep_best(self) -> None:
         report = self.validate()
