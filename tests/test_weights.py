@@ -211,3 +211,6 @@ def test_shipping_records_epochs_done_of_planned_and_whether_val_was_held_out():
                    "epochs_done": 28.0, "epochs_planned": 300.0}
     cfg["data"]["train_split"] = "train"
     assert ship.progress({"iteration": 1350, "train_samples": 367}, cfg)["val_held_out"] is True
+    ended = ship.progress({"iteration": 8700, "train_samples": 468,
+                           "scheduler": {"plateau_reductions": 4, "converged": True}}, cfg)
+    assert ended["epochs_done"] == 150.0 and ended["plateau_reductions"] == 4 and ended["schedule_converged"] is True

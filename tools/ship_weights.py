@@ -37,7 +37,8 @@ def _write_manifest(records: list[dict]) -> None:
 
 def progress(ckpt: dict, cfg: dict) -> dict:
     """How far the run got, in the trainer's terms (:func:`lightseg.engine.train.iteration_budget`, single
-    process); and whether the val split was held out of training."""
+    process), and for a plateau schedule its reductions and whether it has converged (a converged run is
+    complete short of its planned epochs); and whether the val split was held out of training."""
     t = cfg["train"]
     splits = cfg["data"].get("train_split", "train")
     splits = [splits] if isinstance(splits, str) else list(splits)
@@ -48,6 +49,9 @@ def progress(ckpt: dict, cfg: dict) -> dict:
         per_epoch, planned = iteration_budget(int(n), int(t["batch_size"]), t)
         out.update(train_samples=int(n), iterations_planned=planned,
                    epochs_done=round(int(ckpt["iteration"]) / per_epoch, 1), epochs_planned=round(planned / per_epoch, 1))
+    sched = ckpt.get("scheduler") or {}
+    if "plateau_reductions" in sched:  # a plateau schedule: how often it lowered the rate, and whether it has ended
+        out.update(plateau_reductions=int(sched["plateau_reductions"]), schedule_converged=bool(sched.get("converged")))
     return out
 
 
