@@ -137,14 +137,10 @@ def test_a_train_plus_val_run_stopped_by_sigterm_resumes_exactly(tmp_path):
     _resume_and_compare(recipe, run_dir, whole)
 
 
-def test_a_landed_run_without_adam_moments_resumes_from_the_cli_on_its_schedule(tmp_path, reference, capsys):
-    """tools/land_run.py keeps weights, schedule, sampler and RNG but drops Adam's moments: `lightseg train
-    --resume` of the landed copy continues at the saved iteration to the planned end with the uninterrupted
-    run's rates, says it is not bitwise, and its weights differ from the uninterrupted run's (the moments
-    restarted)."""
+def _stopped_run_and_land_run(tmp_path, reference):
+    """tools/land_run.py as a module, and a run stopped by SIGTERM part-way: (module, run folder, its last.pt,
+    the uninterrupted run's)."""
     import importlib.util
-
-    from lightseg.cli import main
 
     spec = importlib.util.spec_from_file_location("land_run", ROOT / "tools" / "land_run.py")
     land_run = importlib.util.module_from_spec(spec)
@@ -158,6 +154,17 @@ def test_a_landed_run_without_adam_moments_resumes_from_the_cli_on_its_schedule(
     proc.communicate(timeout=120)
     full = load_checkpoint(run_dir / "last.pt")
     assert 0 < full["iteration"] < ITERS
+    return land_run, run_dir, full, whole
+
+
+def test_a_landed_run_without_adam_moments_resumes_from_the_cli_on_its_schedule(tmp_path, reference, capsys):
+    """tools/land_run.py keeps weights, schedule, sampler and RNG but drops Adam's moments: `lightseg train
+    --resume` of the landed copy continues at the saved iteration to the planned end with the uninterrupted
+    run's rates, says it is not bitwise, and its weights differ from the uninterrupted run's (the moments
+    restarted)."""
+    from lightseg.cli import main
+
+    land_run, run_dir, full, whole = _stopped_run_and_land_run(tmp_path, reference)
     landed = land_run.land(run_dir, tmp_path / "landed")
     small = load_checkpoint(landed / "last.pt")
     assert small["optimizer"]["state"] == {} and full["optimizer"]["state"]
@@ -198,23 +205,10 @@ def test_a_landing_that_names_the_shipped_weights_restores_to_the_same_state_and
     after a later shipping replaced the file (read back from git's history), and `lightseg train --resume`
     continues it to the planned end. A shipped file with other weights is refused, and so is a restore over an
     existing run folder."""
-    import importlib.util
-
     from lightseg.checkpoint import save_checkpoint
     from lightseg.cli import main
 
-    spec = importlib.util.spec_from_file_location("land_run", ROOT / "tools" / "land_run.py")
-    land_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(land_run)
-    data, whole = reference
-    recipe = tiny_recipe(tmp_path, data, iters=ITERS)
-    run_dir = tmp_path / "run"
-    proc = _start(recipe)
-    _wait_for_iter(run_dir, proc, 3)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    full = load_checkpoint(run_dir / "last.pt")
-    assert 0 < full["iteration"] < ITERS
+    land_run, run_dir, full, whole = _stopped_run_and_land_run(tmp_path, reference)
 
     repo = tmp_path / "checkout"  # stands in for the checkout: the shipped file and its history
     (repo / "weights").mkdir(parents=True)
