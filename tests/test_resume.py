@@ -224,6 +224,8 @@ def test_a_landing_that_names_the_shipped_weights_restores_to_the_same_state_and
     assert not (landed / "last.pt").exists()
     assert (landed / "state.pt").stat().st_size < (tmp_path / "inline" / "run" / "last.pt").stat().st_size / 2
     assert load_checkpoint(landed / "state.pt")["model"] == {}
+    assert main(["train", "--resume", str(landed)]) == 2  # not a run folder until restored
+    assert "land_run.py --restore" in capsys.readouterr().err
 
     # a later shipping replaces the file: the restore reads the named version from git's history
     other = {k: v + 1 if v.is_floating_point() else v for k, v in full["model"].items()}

@@ -289,6 +289,11 @@ def _resolve_resume(resume, output_dir) -> tuple[Path, Path]:
             run_dir, ckpt = p, p / "last.pt"
         else:
             run_dir, ckpt = p.parent, p
+    if not ckpt.is_file() and (run_dir / "state.pt").is_file():
+        raise CheckpointError(f"--resume {run_dir}: a landed copy whose state.pt names shipped weights instead of holding "
+                              f"them; make a run folder of it first (from the repository's checkout): python "
+                              f"tools/land_run.py --restore {run_dir} --into DIR, then lightseg train --resume "
+                              f"DIR/{run_dir.name}")
     if not ckpt.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {str(ckpt)!r}; pass the run directory that holds last.pt "
                               f"(or the .pt file), or start without --resume")
