@@ -19,9 +19,9 @@ it bitwise on the machine that has it. A new machine has only the checkout, so e
 **With ``--weights``** (a landing made together with ``tools/ship_weights.py`` from the same ``last.pt``) the
 weights are not stored a second time: the shipped file already holds exactly them. The landed folder then has
 ``state.pt`` (everything but the weights) and names the shipped file by its path, sha256 and git blob id, so the
-landing costs a few kB instead of the weights' size. ``--restore`` joins them back into a ``last.pt``; it takes
-the shipped file from the checkout, or from git's history (``git cat-file``) once a later shipping has replaced
-it, and checks its sha256 either way. The tool refuses to reference a file whose tensors are not the run's.
+landing costs about 30 kB (sampler, RNG, schedule, data fingerprint) instead of the weights' size. ``--restore``
+joins them back into a ``last.pt``; it takes the shipped file from the checkout, or from git's history
+(``git cat-file``) once a later shipping has replaced it, and checks its sha256 either way. The tool refuses to reference a file whose tensors are not the run's.
 
 A maintainer's tool (not part of the installed package). Never writes over the run folder it reads, and
 ``--restore`` never writes over an existing run folder.
