@@ -64,9 +64,10 @@ def _message_strings():
 
 def _defined_flags():
     """Every option string given to an ``add_argument`` call in lightseg (the CLI and the module entry
-    points such as ``python -m lightseg.demo``)."""
+    points such as ``python -m lightseg.demo``) and in the checkout's ``tools/`` scripts, which messages
+    about a checkout's training runs name (``tools/land_run.py --restore``)."""
     flags = set()
-    for path in (ROOT / "lightseg").rglob("*.py"):
+    for path in [*(ROOT / "lightseg").rglob("*.py"), *(ROOT / "tools").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
                 flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
